@@ -1,0 +1,87 @@
+"""Shared base configuration; method files (`iterative.py`, ...) extend it.
+
+`get_config(arg)` is the ml_collections convention: `arg` is the text after
+the colon in `--config=configs/iterative.py:ARG`. Every field a run can use
+exists here, so `--config.some_typo=1` fails instead of being ignored.
+"""
+
+import ml_collections
+
+# The demo dataset's audio front end (must equal the av_digits builder's
+# DEMO_AUDIO; training checks it against the dataset metadata).
+DEMO_AUDIO = dict(kind="log_mel", sample_rate=16000, clip_seconds=0.5, n_fft=512,
+                  hop_length=128, n_mels=64)
+# Real data: the LVS test transform, 3 s at 16 kHz (257 x 299), as HardPos.
+LVS_AUDIO = dict(kind="lvs_psd", sample_rate=16000, clip_seconds=3.0, nperseg=512,
+                 noverlap=353)
+
+
+def _audio(params):
+  keys = ("kind", "sample_rate", "clip_seconds", "nperseg", "noverlap", "n_fft",
+          "hop_length", "n_mels")
+  audio = ml_collections.ConfigDict({k: params.get(k, _AUDIO_FILL[k]) for k in keys})
+  return audio
+
+
+# Every audio key exists in every config (unused ones keep a placeholder), so
+# switching the front end with --config.audio.kind=... never hits a missing key.
+_AUDIO_FILL = dict(kind="", sample_rate=16000, clip_seconds=1.0, nperseg=512, noverlap=274,
+                   n_fft=512, hop_length=128, n_mels=64)
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "av_digits"
+  # "" -> $SOUNDLOC_DATA_DIR or ~/tensorflow_datasets.
+  c.dataset.data_dir = ""
+  c.dataset.train_split = "train"
+  # Evaluated every epoch (model selection); never a test split.
+  c.dataset.validation_split = "validation"
+  # Evaluated at the end of training and with --mode=eval.
+  c.dataset.test_splits = ("test",)
+  # Build the demo dataset on first use when it is missing.
+  c.dataset.build_if_missing = True
+  c.dataset.image_size = 64          # training crop / model input
+  c.dataset.augment = False          # demo: boxes are exact, no crop/flip
+  c.dataset.num_workers = 0          # grain read threads (0 = in-process)
+
+  c.audio = _audio(DEMO_AUDIO)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.width = 16                 # 64 in the papers
+  c.model.layer4_stride = 1          # 1: 224 -> 14x14 map (LVS); 64 -> 4x4
+  c.model.compute_dtype = "float32"  # "bfloat16" on GPU/TPU
+
+  c.method = ml_collections.ConfigDict()
+  c.method.name = "contrastive"
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.grad_clip_norm = 0.0   # 0 = off
+
+  c.batch_size = 64                  # global batch
+  c.num_epochs = 12
+  # Stop after this many steps (0 = run all epochs); for tests and smoke runs.
+  c.max_steps = 0
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.protocol = "fixed"          # "median" (LVS) or "fixed" (ICL Eq. 2)
+  c.eval.threshold = 0.5             # delta for the fixed protocol
+  c.eval.order = "upsample_first"
+  c.eval.success_threshold = 0.5     # cIoU@0.5
+  c.eval.size = 64                   # evaluation resolution (224 on real data)
+  c.eval.batch_size = 250
+  c.eval.every_epochs = 1
+  c.eval.num_overlays = 8            # fixed validation samples drawn per epoch
+
+  c.log_every_steps = 20
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 0       # 0 = at each epoch end only
+  c.checkpoint.max_to_keep = 2
+  return c

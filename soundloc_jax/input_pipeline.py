@@ -1,0 +1,164 @@
+"""grain input pipelines over TFDS array_record data sources (no TensorFlow).
+
+Batch contract (every dataset builder's examples are mapped to this):
+  * `image`        uint8   `[B, H, W, 3]`  model input size (normalised on device)
+  * `spectrogram`  float32 `[B, F, T]`     `audio.log_spectrogram` output
+  * `id`           bytes   `[B]`           example id (host only, never sent to device)
+  * `box`          float32 `[B, 4]`        demo data: sounding box [x0, y0, x1, y1] in
+                                           input pixels, half-open (eval splits)
+  * `index`        int64   `[B]`           position in the split (host only)
+Keys listed in `HOST_KEYS` stay on the host; the rest go to the device.
+
+Epochs: an epoch is `steps_per_epoch = N // global_batch` steps over a fresh
+permutation of the split (seeded by `(seed, epoch)`), dropping the remainder,
+so the epoch boundary (and the teacher refresh) is a fixed step. The element
+at global position `i` is a pure function of `(seed, i)`, which makes resuming
+exact: a resumed run starts the same sequence at `step * global_batch`, and the
+checkpoint needs to store only the step. Each process reads only its slice
+of every global batch (`process_index`, `process_count`).
+"""
+
+from __future__ import annotations
+
+import functools
+import grain
+import numpy as np
+
+from soundloc_jax.errors import DatasetError
+
+HOST_KEYS = ("id", "box", "index", "label", "present")
+DEVICE_KEYS = ("image", "spectrogram")
+
+
+def open_source(name: str, split: str, data_dir: str):
+  """`tfds.data_source` with an error that says how to build what is missing."""
+  import tensorflow_datasets as tfds
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir)
+  except Exception as e:  # TFDS raises several types for "not prepared"
+    raise DatasetError(
+        f"dataset {name!r} split {split!r} is not available in data_dir {data_dir!r} "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Build it with "
+        f"`python -m soundloc_jax.tfds_build data_builders/{name} --data_dir={data_dir}`"
+        " (add --manual_dir=... for datasets made from your own files).") from e
+
+
+def preprocess(example: dict, *, image_size: int, augment: bool, rng: np.random.Generator,
+               index: int) -> dict:
+  """One decoded TFDS example -> the batch contract (numpy, host side)."""
+  image = np.asarray(example["image"])
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, axis=-1)
+  if augment:
+    image = augment_image(image, image_size, rng)
+  elif image.shape[0] != image_size or image.shape[1] != image_size:
+    image = center_crop_resize(image, image_size)
+  out = {
+      "image": np.ascontiguousarray(image, dtype=np.uint8),
+      "spectrogram": np.asarray(example["spectrogram"], dtype=np.float32),
+      "index": np.int64(index),
+  }
+  ident = example.get("id", b"")
+  out["id"] = ident if isinstance(ident, bytes) else str(ident).encode()
+  if "box" in example:
+    out["box"] = np.asarray(example["box"], dtype=np.float32)
+  return out
+
+
+def _resize_shorter(image: np.ndarray, shorter: int) -> np.ndarray:
+  from PIL import Image
+  h, w = image.shape[:2]
+  scale = shorter / min(h, w)
+  size = (max(shorter, round(w * scale)), max(shorter, round(h * scale)))
+  return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+
+
+def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
+  """Test-time transform of the peers: shorter side to `size`, centre crop."""
+  image = _resize_shorter(image, size)
+  h, w = image.shape[:2]
+  top, left = (h - size) // 2, (w - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def augment_image(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+  """Training transform of LVS / EZ-VSL: shorter side to int(1.1 * size)
+  (bicubic), random `size` crop, random horizontal flip."""
+  image = _resize_shorter(image, int(size * 1.1))
+  h, w = image.shape[:2]
+  top = int(rng.integers(0, h - size + 1))
+  left = int(rng.integers(0, w - size + 1))
+  image = image[top:top + size, left:left + size]
+  if rng.random() < 0.5:
+    image = image[:, ::-1]
+  return image
+
+
+class EpochSampler:
+  """Maps a global element position to a source index: fresh permutation per epoch."""
+
+  def __init__(self, num_examples: int, global_batch: int, seed: int):
+    if num_examples < global_batch:
+      raise DatasetError(f"the training split has {num_examples} examples, fewer than one "
+                         f"global batch ({global_batch}); lower batch_size")
+    self.num_examples = num_examples
+    self.global_batch = global_batch
+    self.seed = seed
+    self.steps_per_epoch = num_examples // global_batch
+
+  @functools.lru_cache(maxsize=4)
+  def permutation(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+
+  def __call__(self, position: int) -> int:
+    step, slot = divmod(position, self.global_batch)
+    epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+    return int(self.permutation(epoch)[step_in_epoch * self.global_batch + slot])
+
+
+def train_iterator(source, *, global_batch: int, seed: int, start_step: int, num_steps: int,
+                   image_size: int, augment: bool, num_threads: int = 0,
+                   process_index: int = 0, process_count: int = 1):
+  """Iterator over this process's part of global batches `start_step .. num_steps-1`."""
+  if global_batch % process_count:
+    raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+  local_batch = global_batch // process_count
+  sampler = EpochSampler(len(source), global_batch, seed)
+
+  def global_position(local_position: int) -> int:
+    step, slot = divmod(local_position, local_batch)
+    return (start_step + step) * global_batch + process_index * local_batch + slot
+
+  def load(local_position: int) -> dict:
+    position = global_position(local_position)
+    index = sampler(position)
+    rng = np.random.default_rng([seed, 1, position])
+    return preprocess(source[index], image_size=image_size, augment=augment, rng=rng,
+                      index=index)
+
+  ds = grain.MapDataset.range(0, (num_steps - start_step) * local_batch).map(load)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  options = grain.ReadOptions(num_threads=max(num_threads, 1), prefetch_buffer_size=2 * local_batch)
+  return iter(ds.to_iter_dataset(options)), sampler.steps_per_epoch
+
+
+def eval_batches(source, *, batch_size: int, image_size: int, num_threads: int = 0):
+  """Whole split in order; the last batch is padded by repeating its final example,
+  and `valid` (bool [B]) marks the real rows."""
+  n = len(source)
+
+  def load(i: int) -> dict:
+    return preprocess(source[min(i, n - 1)], image_size=image_size, augment=False,
+                      rng=np.random.default_rng(0), index=min(i, n - 1))
+
+  padded = -(-n // batch_size) * batch_size
+  ds = grain.MapDataset.range(0, padded).map(load).batch(batch_size)
+  options = grain.ReadOptions(num_threads=max(num_threads, 1), prefetch_buffer_size=batch_size)
+  for b, batch in enumerate(ds.to_iter_dataset(options)):
+    batch["valid"] = np.arange(b * batch_size, (b + 1) * batch_size) < n
+    yield batch
+
+
+def device_part(batch: dict) -> dict:
+  return {k: batch[k] for k in DEVICE_KEYS}
+

@@ -1,0 +1,45 @@
+"""Command line: `python -m soundloc_jax.main --config=configs/iterative.py --workdir=DIR`.
+
+Flags: `--config` (an ml_collections config file, optionally `:PRESET`; any
+field can be overridden with `--config.a.b=value`; the config is locked, so
+a misspelt field is an error), `--workdir` (checkpoints, metrics, reports;
+rerunning the same command resumes), `--mode` (`train`, the default, which
+also scores the test splits at the end; or `eval`, which scores the latest or
+`--checkpoint_step` checkpoint). Errors a user can fix (missing dataset,
+incompatible workdir, bad config value) are printed as one line, exit code 2.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (see configs/).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (default) or evaluate.")
+_CHECKPOINT_STEP = flags.DEFINE_integer("checkpoint_step", None,
+                                        "Checkpoint step for --mode=eval (default: latest).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  # Imported here so `--help` and flag errors stay fast.
+  from soundloc_jax import train
+  logging.set_verbosity(logging.WARNING)  # orbax / TFDS info lines drown the progress
+  from soundloc_jax.errors import UserError
+  train.enable_compilation_cache()
+  try:
+    if _MODE.value == "train":
+      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+      train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT_STEP.value)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

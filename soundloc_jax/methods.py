@@ -1,0 +1,78 @@
+"""Method registry: a method name -> how to compute its loss in the train step.
+
+Contract for a registry entry (`Method`):
+  * `loss(outputs, teacher_outputs, batch, method_config, rng) -> (loss, aux)`
+    is traced inside the jitted train step. `outputs` / `teacher_outputs` are
+    the model output dicts of `models.av_model` (the teacher's is None when
+    the teacher is inactive, already under `stop_gradient` otherwise), `batch`
+    the device batch dict, `aux` a dict of scalar diagnostics.
+  * `needs_teacher`: the method uses the frozen previous-epoch model.
+  * `needs_neighbours`: batches carry mined neighbour samples (HardPos).
+  * `teacher_active(epoch, method_config)`: whether the teacher is used in
+    that epoch (ICL's first `init_epochs` train with Eq. 3 only). The trainer
+    compiles one step per distinct value, so this is a static choice.
+Register a new method with `register(Method(...))`; `get(name)` looks it up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from soundloc_jax import losses
+from soundloc_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  name: str
+  loss: Callable[..., Any]
+  needs_teacher: bool = False
+  needs_neighbours: bool = False
+  teacher_active: Callable[[int, Any], bool] = lambda epoch, cfg: False
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+  if method.name in _REGISTRY:
+    raise ValueError(f"method {method.name!r} is already registered")
+  _REGISTRY[method.name] = method
+  return method
+
+
+def get(name: str) -> Method:
+  if name not in _REGISTRY:
+    raise ConfigError(f"unknown method {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+  return _REGISTRY[name]
+
+
+def names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def _contrastive_loss(outputs, teacher_outputs, batch, cfg, rng):
+  del teacher_outputs, batch, rng
+  tau = cfg.get("tau", 0.07)
+  return losses.contrastive_loss(outputs["visual_features"], outputs["audio_embedding"], tau), {}
+
+
+def _icl_loss(outputs, teacher_outputs, batch, cfg, rng):
+  if teacher_outputs is None:  # initialisation epochs: Eq. 3
+    return _contrastive_loss(outputs, None, batch, cfg, rng)
+  return losses.icl_loss(
+      outputs["visual_features"], outputs["audio_embedding"],
+      teacher_outputs["response"], teacher_outputs["audio_embedding"],
+      tau=cfg.tau, delta_v=cfg.delta_v, delta_a=cfg.delta_a, use_itr=cfg.use_itr,
+      use_intra=cfg.use_intra, use_inter=cfg.use_inter,
+      sample_fraction=cfg.sample_fraction, rng=rng)
+
+
+def _icl_teacher_active(epoch, cfg):
+  uses_pseudo_labels = cfg.use_itr or cfg.use_intra or cfg.use_inter
+  return bool(uses_pseudo_labels and epoch >= cfg.init_epochs)
+
+
+register(Method("contrastive", _contrastive_loss))
+register(Method("icl", _icl_loss, needs_teacher=True, teacher_active=_icl_teacher_active))

@@ -1,0 +1,86 @@
+"""ResNet-18 in Flax NNX, torchvision topology, NHWC.
+
+The same module serves the visual stream (3-channel image, layer4 stride 1 by
+default so a 224 input gives a 14x14 map, as LVS does) and the audio stream
+(1-channel spectrogram treated as an image). Padding is explicit (torch's
+`padding=k//2`, max-pool padded with -inf) and BatchNorm uses torch's
+semantics (momentum 0.1 == flax momentum 0.9, eps 1e-5), so torchvision
+weights can be ported parameter by parameter. Parameter names mirror
+torchvision (`conv1`, `bn1`, `layer1.0.conv1`, `downsample_conv`, ...).
+
+`width` is the base channel count (64 in the papers; the demo uses a narrow
+network); `dtype` is the compute dtype (params stay float32).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# torchvision initialises convolutions with kaiming_normal(fan_out, relu).
+_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _conv(cin, cout, kernel, stride, dtype, rngs):
+  pad = kernel // 2
+  return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
+                  use_bias=False, dtype=dtype, kernel_init=_conv_init, rngs=rngs)
+
+
+def _bn(channels, dtype, rngs):
+  return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 convolutions with a residual; 1x1 projection when the shape changes."""
+
+  def __init__(self, cin: int, cout: int, stride: int, *, dtype, rngs: nnx.Rngs):
+    self.conv1 = _conv(cin, cout, 3, stride, dtype, rngs)
+    self.bn1 = _bn(cout, dtype, rngs)
+    self.conv2 = _conv(cout, cout, 3, 1, dtype, rngs)
+    self.bn2 = _bn(cout, dtype, rngs)
+    if stride != 1 or cin != cout:
+      self.downsample_conv = _conv(cin, cout, 1, stride, dtype, rngs)
+      self.downsample_bn = _bn(cout, dtype, rngs)
+    else:
+      self.downsample_conv = None
+      self.downsample_bn = None
+
+  def __call__(self, x):
+    y = jax.nn.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    shortcut = x
+    if self.downsample_conv is not None:
+      shortcut = self.downsample_bn(self.downsample_conv(x))
+    return jax.nn.relu(y + shortcut)
+
+
+class ResNet18(nnx.Module):
+  """ResNet-18 trunk without the classifier: returns the layer4 feature map."""
+
+  def __init__(self, in_channels: int, *, width: int = 64, layer4_stride: int = 2,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.conv1 = nnx.Conv(in_channels, width, (7, 7), strides=2, padding=((3, 3), (3, 3)),
+                          use_bias=False, dtype=dtype, kernel_init=_conv_init, rngs=rngs)
+    self.bn1 = _bn(width, dtype, rngs)
+    widths = (width, 2 * width, 4 * width, 8 * width)
+    strides = (1, 2, 2, layer4_stride)
+    layers = []
+    cin = width
+    for cout, stride in zip(widths, strides):
+      layers.append(nnx.List([BasicBlock(cin, cout, stride, dtype=dtype, rngs=rngs),
+                              BasicBlock(cout, cout, 1, dtype=dtype, rngs=rngs)]))
+      cin = cout
+    self.layers = nnx.List(layers)
+    self.out_channels = widths[-1]
+
+  def __call__(self, x):
+    x = x.astype(self.dtype)
+    x = jax.nn.relu(self.bn1(self.conv1(x)))
+    x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for layer in self.layers:
+      for block in layer:
+        x = block(x)
+    return x
