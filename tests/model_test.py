@@ -66,7 +66,7 @@ def test_batchnorm_train_updates_stats_and_eval_uses_them():
   bn = model.visual.bn1
   x = model.visual.conv1(av_model.normalize_image(image))
   batch_mean = np.asarray(jnp.mean(x, axis=(0, 1, 2)))
-  np.testing.assert_allclose(bn.mean.value, 0.1 * batch_mean, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(bn.mean[...], 0.1 * batch_mean, rtol=1e-4, atol=1e-6)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():

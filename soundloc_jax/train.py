@@ -1,0 +1,445 @@
+"""The training loop: one jitted step, epoch-end teacher refresh, checkpoints, eval.
+
+Train state (a plain dict pytree, replicated over the mesh, donated to the step):
+  `step`                 int32 scalar, global steps done
+  `params`, `batch_stats` the student (pure `nnx.State`s)
+  `opt_state`            optax state of the student params
+  `teacher_params`, `teacher_batch_stats`
+                         the frozen copy of the student taken at the end of
+                         the previous epoch (ICL's pseudo-label model); the
+                         step runs it in eval mode under `stop_gradient` and
+                         returns it untouched
+  `rng`                  uint32 key data; step randomness is fold_in(rng, step)
+
+Epoch `e` covers steps `[e * steps_per_epoch, (e + 1) * steps_per_epoch)`, with
+`steps_per_epoch = N // global_batch`; after its last step the teacher
+becomes a copy (new buffers: the student's are donated) of the student, the
+validation split is scored and a checkpoint is written. Rerunning the same
+command resumes from the last complete checkpoint, and since the input stream
+is a pure function of the step the resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from soundloc_jax import audio as audio_lib
+from soundloc_jax import checkpointing, evaluator, input_pipeline, methods
+from soundloc_jax.errors import ConfigError, DatasetError, TrainingError
+from soundloc_jax.models import av_model
+
+# Config fields that may change between a run and its resumption.
+RESUMABLE_KEYS = ("max_steps", "num_epochs", "log_every_steps", "checkpoint", "eval",
+                  "dataset.num_workers", "dataset.build_if_missing", "dataset.data_dir")
+
+
+# ----------------------------------------------------------------------------
+# Setup helpers
+# ----------------------------------------------------------------------------
+
+def enable_compilation_cache(path: str | None = None) -> None:
+  """Persistent XLA cache so reruns and tests do not recompile the same step."""
+  path = path or os.environ.get("SOUNDLOC_XLA_CACHE",
+                                os.path.expanduser("~/.cache/soundloc_jax/xla"))
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def resolve_data_dir(config) -> str:
+  if config.dataset.data_dir:
+    return os.path.expanduser(config.dataset.data_dir)
+  from soundloc_jax import demo_data
+  return demo_data.default_data_dir()
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  oc = config.optimizer
+  if oc.name == "adam":
+    opt = optax.adam(oc.learning_rate)
+  elif oc.name == "adamw":
+    opt = optax.adamw(oc.learning_rate, weight_decay=oc.weight_decay)
+  elif oc.name == "sgd":
+    opt = optax.sgd(oc.learning_rate, momentum=0.9)
+  else:
+    raise ConfigError(f"config.optimizer.name: unknown optimizer {oc.name!r}; "
+                     "available: adam, adamw, sgd")
+  if oc.grad_clip_norm:
+    opt = optax.chain(optax.clip_by_global_norm(oc.grad_clip_norm), opt)
+  return opt
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
+def create_train_state(config, optimizer):
+  """(graphdef, state) for a fresh run; the teacher starts as a copy of the student."""
+  model = av_model.build_model(config.model, seed=config.seed)
+  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  params, batch_stats = nnx.as_pure(params), nnx.as_pure(batch_stats)
+  state = {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "batch_stats": batch_stats,
+      "opt_state": optimizer.init(params),
+      "teacher_params": _copy(params),
+      "teacher_batch_stats": _copy(batch_stats),
+      "rng": jax.random.key_data(jax.random.key(config.seed)),
+  }
+  return graphdef, state
+
+
+def refresh_teacher(state):
+  """Epoch end: the teacher becomes a frozen copy (fresh buffers) of the student."""
+  return dict(state, teacher_params=_copy(state["params"]),
+              teacher_batch_stats=_copy(state["batch_stats"]))
+
+
+# ----------------------------------------------------------------------------
+# The jitted step
+# ----------------------------------------------------------------------------
+
+def make_train_step(graphdef, method: methods.Method, method_config, optimizer,
+                    teacher_active: bool, mesh=None):
+  """Jitted `(state, batch) -> (state, metrics)`; state donated, batch sharded on 'data'."""
+
+  def step_fn(state, batch):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    teacher_outputs = None
+    if teacher_active:
+      teacher = nnx.merge(graphdef, state["teacher_params"], state["teacher_batch_stats"])
+      teacher.eval()
+      teacher_outputs = jax.lax.stop_gradient(teacher(batch["image"], batch["spectrogram"]))
+
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state["batch_stats"])
+      model.train()
+      outputs = model(batch["image"], batch["spectrogram"])
+      loss, aux = method.loss(outputs, teacher_outputs, batch, method_config, rng)
+      return loss, (aux, nnx.as_pure(nnx.state(model, nnx.BatchStat)))
+
+    (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"])
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+    new_state = dict(state, step=state["step"] + 1, params=params, batch_stats=batch_stats,
+                     opt_state=opt_state)
+    return new_state, metrics
+
+  if mesh is None:
+    return jax.jit(step_fn, donate_argnums=(0,))
+  replicated = NamedSharding(mesh, P())
+  sharded = NamedSharding(mesh, P("data"))
+  return jax.jit(step_fn, donate_argnums=(0,), in_shardings=(replicated, sharded),
+                 out_shardings=(replicated, replicated))
+
+
+def make_predict_fn(graphdef):
+  """Jitted eval-mode forward: `(params, batch_stats, image, spectrogram) -> response`."""
+
+  @jax.jit
+  def predict(params, batch_stats, image, spectrogram):
+    model = nnx.merge(graphdef, params, batch_stats)
+    model.eval()
+    return model(image, spectrogram)["response"]
+
+  return predict
+
+
+# ----------------------------------------------------------------------------
+# Run records
+# ----------------------------------------------------------------------------
+
+def _strip_resumable(d: dict) -> dict:
+  """The config as a dict without the keys a resumed run may change."""
+  for key in RESUMABLE_KEYS:
+    *parents, leaf = key.split(".")
+    node = d
+    for p in parents:
+      node = node.get(p, {})
+    node.pop(leaf, None)
+  return d
+
+
+def check_and_record_config(config, workdir: str, has_checkpoint: bool) -> None:
+  """Refuse to resume a workdir trained with a different config; record the config."""
+  path = os.path.join(workdir, "config.json")
+  if has_checkpoint and os.path.exists(path):
+    with open(path) as f:
+      old = _strip_resumable(json.load(f))
+    new = _strip_resumable(json.loads(config.to_json_best_effort()))
+    if old != new:
+      diff = sorted(_diff_keys(old, new))
+      raise TrainingError(
+          f"workdir {workdir} holds a run with a different config (differs in: "
+          f"{', '.join(diff[:8])}); use a new --workdir or the same config to resume")
+  with open(path, "w") as f:
+    f.write(config.to_json_best_effort(indent=1))
+
+
+def _diff_keys(a, b, prefix=""):
+  keys = set(a) | set(b) if isinstance(a, dict) and isinstance(b, dict) else set()
+  for k in keys:
+    va, vb = a.get(k), b.get(k)
+    if isinstance(va, dict) and isinstance(vb, dict):
+      yield from _diff_keys(va, vb, f"{prefix}{k}.")
+    elif va != vb:
+      yield f"{prefix}{k}"
+
+
+def dataset_fingerprint(name: str, data_dir: str) -> dict:
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(name, data_dir=data_dir)
+  info_json = os.path.join(builder.data_dir, "dataset_info.json")
+  digest = ""
+  if os.path.exists(info_json):
+    with open(info_json, "rb") as f:
+      digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  return {"name": name, "version": str(builder.info.version), "data_dir": builder.data_dir,
+          "splits": {k: v.num_examples for k, v in builder.info.splits.items()},
+          "dataset_info_sha256": digest}
+
+
+def check_audio_matches(name: str, data_dir: str, config) -> None:
+  """The dataset's recorded front end must equal config.audio (else the model
+  would train on spectrograms it will never see at inference)."""
+  import tensorflow_datasets as tfds
+  metadata = tfds.builder(name, data_dir=data_dir).info.metadata or {}
+  recorded = metadata.get("audio")
+  if recorded is None:
+    return
+  expected = audio_lib.params_dict(config.audio)
+  recorded = {k: recorded[k] for k in expected if k in recorded}
+  if any(not math.isclose(float(recorded[k]), float(v)) if isinstance(v, (int, float))
+         else recorded[k] != v for k, v in expected.items() if k in recorded):
+    raise DatasetError(
+        f"dataset {name!r} was built with audio front end {recorded}, but config.audio is "
+        f"{expected}; set --config.audio.* to match or rebuild the dataset")
+
+
+def write_run_info(workdir: str, config, fingerprint: dict) -> None:
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__)),
+                            timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    commit = ""
+  versions = {}
+  for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
+              "tensorflow-datasets", "numpy", "librosa"):
+    try:
+      versions[pkg] = importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+      versions[pkg] = None
+  info = {"git_commit": commit, "python": sys.version.split()[0], "platform": platform.platform(),
+          "packages": versions, "devices": [str(d) for d in jax.devices()],
+          "process_count": jax.process_count(), "dataset": fingerprint,
+          "argv": sys.argv, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+  with open(os.path.join(workdir, "run_info.json"), "w") as f:
+    json.dump(info, f, indent=1)
+
+
+class MetricsWriter:
+  """Appends JSON lines to `workdir/metrics.jsonl` and prints a short summary."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+
+  def write(self, record: dict, echo: str | None = None) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if echo:
+      print(echo, flush=True)
+
+
+def _fmt_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# ----------------------------------------------------------------------------
+# Train and evaluate
+# ----------------------------------------------------------------------------
+
+def prepare_data(config) -> tuple[str, str]:
+  """`(dataset name, data_dir)`; builds the demo dataset on first use."""
+  data_dir = resolve_data_dir(config)
+  name = config.dataset.name
+  if name.split("/")[0] == "av_digits":
+    from soundloc_jax import demo_data
+    name = demo_data.dataset_name(name)
+    if config.dataset.build_if_missing:
+      demo_data.ensure_built(data_dir, name)
+  return name, data_dir
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Train per `config` in `workdir` (resuming if it holds a checkpoint); returns
+  the final validation metrics (and test metrics when training completed)."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  method = methods.get(config.method.name)
+  name, data_dir = prepare_data(config)
+  ds_cfg = config.dataset
+  train_source = input_pipeline.open_source(name, ds_cfg.train_split, data_dir)
+  val_source = input_pipeline.open_source(name, ds_cfg.validation_split, data_dir)
+  check_audio_matches(name, data_dir, config)
+
+  # Auto axis: XLA propagates shardings (the loss's all-pairs logits need a
+  # gathered batch), we only pin the inputs and the state.
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  if config.batch_size % jax.device_count():
+    raise ConfigError(f"batch_size {config.batch_size} is not divisible by the "
+                     f"{jax.device_count()} devices")
+  optimizer = make_optimizer(config)
+  graphdef, state = create_train_state(config, optimizer)
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(state, replicated)
+
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=config.checkpoint.max_to_keep)
+  latest = ckpt.latest_step()
+  check_and_record_config(config, workdir, has_checkpoint=latest is not None)
+  write_run_info(workdir, config, dataset_fingerprint(name, data_dir))
+  if latest is not None:
+    state, meta = ckpt.restore(latest, state)
+    print(f"Resuming from checkpoint step {latest} (epoch {meta.get('epoch')}) in {workdir}",
+          flush=True)
+
+  start_step = int(jax.device_get(state["step"]))
+  steps_per_epoch = len(train_source) // config.batch_size
+  total_steps = steps_per_epoch * config.num_epochs
+  stop_step = min(total_steps, config.max_steps) if config.max_steps else total_steps
+  writer = MetricsWriter(workdir)
+  predict = make_predict_fn(graphdef)
+  val_eval = evaluator.SplitEvaluator(ds_cfg.validation_split, val_source, config)
+  overlay_ids = np.linspace(0, len(val_source) - 1, config.eval.num_overlays).astype(int)
+  step_fns = {}
+  last_metrics = {}
+  batch_sharding = NamedSharding(mesh, P("data"))
+
+  if start_step < stop_step:
+    print(f"Training {method.name} for {stop_step - start_step} steps "
+          f"({steps_per_epoch} steps/epoch, global batch {config.batch_size}, "
+          f"{jax.device_count()} device(s)); logs in {writer.path}", flush=True)
+    batches, _ = input_pipeline.train_iterator(
+        train_source, global_batch=config.batch_size, seed=config.seed, start_step=start_step,
+        num_steps=stop_step, image_size=ds_cfg.image_size, augment=ds_cfg.augment,
+        num_threads=ds_cfg.num_workers)
+  t_start, steps_timed, t_log, samples_since_log = time.time(), 0, time.time(), 0
+  for step in range(start_step, stop_step):
+    epoch = step // steps_per_epoch
+    active = method.teacher_active(epoch, config.method)
+    if active not in step_fns:
+      step_fns[active] = make_train_step(graphdef, method, config.method, optimizer, active, mesh)
+    batch = jax.device_put(input_pipeline.device_part(next(batches)), batch_sharding)
+    state, metrics = step_fns[active](state, batch)
+    samples_since_log += config.batch_size
+    steps_timed += 1
+
+    if (step + 1) % config.log_every_steps == 0 or step + 1 == stop_step:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not all(math.isfinite(v) for v in metrics.values()):
+        last = ckpt.latest_step()
+        raise TrainingError(f"non-finite metrics at step {step + 1}: {metrics}; last good "
+                            f"checkpoint: {'step ' + str(last) if last is not None else 'none'}")
+      now = time.time()
+      rate = samples_since_log / max(now - t_log, 1e-9)
+      eta = (stop_step - step - 1) * (now - t_start) / steps_timed
+      writer.write({"step": step + 1, "epoch": epoch, "split": "train",
+                    "samples_per_s": rate, "teacher": active, **metrics},
+                   echo=f"step {step + 1}/{stop_step} epoch {epoch} loss {metrics['loss']:.4f}"
+                        f" {rate:.0f} samples/s ETA {_fmt_eta(eta)}")
+      t_log, samples_since_log = now, 0
+
+    epoch_end = (step + 1) % steps_per_epoch == 0
+    if epoch_end:
+      if method.needs_teacher:
+        state = refresh_teacher(state)
+      if (epoch + 1) % config.eval.every_epochs == 0 or step + 1 == stop_step:
+        last_metrics = _evaluate_epoch(val_eval, predict, state, epoch, step + 1, writer,
+                                       workdir, overlay_ids, val_source, config)
+    if epoch_end or step + 1 == stop_step or (
+        config.checkpoint.every_steps and (step + 1) % config.checkpoint.every_steps == 0):
+      ckpt.save(step + 1, state, {"step": step + 1, "epoch": epoch,
+                                  "epoch_complete": bool(epoch_end), **last_metrics})
+  ckpt.wait()
+
+  result = {"validation": last_metrics}
+  if stop_step == total_steps:
+    result["test"] = evaluate_splits(config, workdir, graphdef, state, name, data_dir,
+                                     ds_cfg.test_splits, predict)
+  ckpt.close()
+  return result
+
+
+def _evaluate_epoch(val_eval, predict, state, epoch, step, writer, workdir, overlay_ids,
+                    val_source, config) -> dict:
+  t0 = time.time()
+  res = val_eval.run(lambda im, sp: predict(state["params"], state["batch_stats"], im, sp))
+  metrics = {f"val_{k}": float(v) for k, v in res.items()}
+  writer.write({"step": step, "epoch": epoch, "split": val_eval.name, **res.metrics},
+               echo=f"epoch {epoch} {val_eval.name}: cIoU {res.metrics['ciou']:.3f} "
+                    f"AUC {res.metrics['auc']:.3f} (median protocol: cIoU "
+                    f"{res.metrics['ciou_median']:.3f} AUC {res.metrics['auc_median']:.3f}) "
+                    f"[{time.time() - t0:.1f}s]")
+  overlay_dir = os.path.join(workdir, "overlays")
+  os.makedirs(overlay_dir, exist_ok=True)
+  evaluator.save_overlays(res, overlay_ids, val_source, config,
+                          os.path.join(overlay_dir, f"{val_eval.name}_epoch_{epoch:03d}.png"))
+  return metrics
+
+
+def evaluate_splits(config, workdir, graphdef, state, name, data_dir, splits,
+                    predict=None) -> dict:
+  """Score `splits` with the state's student; reports in `workdir/eval/<split>/`."""
+  predict = predict or make_predict_fn(graphdef)
+  out = {}
+  for split in splits:
+    source = input_pipeline.open_source(name, split, data_dir)
+    res = evaluator.SplitEvaluator(split, source, config).run(
+        lambda im, sp: predict(state["params"], state["batch_stats"], im, sp))
+    evaluator.write_report(res, os.path.join(workdir, "eval", split), source, config)
+    print(f"{split}: cIoU@{config.eval.success_threshold} {res.metrics['ciou']:.3f} "
+          f"[{res.metrics['ciou_ci95_lo']:.3f}, {res.metrics['ciou_ci95_hi']:.3f}] "
+          f"AUC {res.metrics['auc']:.3f} | median protocol cIoU {res.metrics['ciou_median']:.3f} "
+          f"AUC {res.metrics['auc_median']:.3f} (n={res.metrics['n']}); report in "
+          f"{os.path.join(workdir, 'eval', split)}", flush=True)
+    out[split] = res.metrics
+  return out
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
+  """`--mode=eval`: load a checkpoint (latest by default) and score the test splits."""
+  workdir = os.path.abspath(workdir)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise TrainingError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+  name, data_dir = prepare_data(config)
+  optimizer = make_optimizer(config)
+  graphdef, state = create_train_state(config, optimizer)
+  state, _ = ckpt.restore(step, state)
+  ckpt.close()
+  print(f"Evaluating checkpoint step {step} of {workdir}", flush=True)
+  return evaluate_splits(config, workdir, graphdef, state, name, data_dir,
+                         config.dataset.test_splits)

@@ -1,0 +1,193 @@
+"""The trainer on the demo data: teacher semantics, resume, learning, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import iterative
+from soundloc_jax import input_pipeline, methods, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data_dir, **overrides):
+  c = iterative.get_config("")
+  c.dataset.data_dir = data_dir
+  c.model.width = 4
+  c.batch_size = 32
+  c.num_epochs = 3
+  c.method.init_epochs = 1
+  c.log_every_steps = 4
+  c.eval.batch_size = 64
+  c.eval.num_overlays = 4
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def _random_batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  b, s = config.batch_size, config.dataset.image_size
+  return {"image": jnp.asarray(rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8)),
+          "spectrogram": jnp.asarray(rng.normal(size=(b, 64, 63)).astype(np.float32))}
+
+
+def _assert_trees_equal(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def test_teacher_frozen_within_epoch_refreshed_at_boundary_and_gets_no_gradient():
+  config = tiny_config("", batch_size=8)
+  optimizer = train.make_optimizer(config)
+  graphdef, state = train.create_train_state(config, optimizer)
+  step = train.make_train_step(graphdef, methods.get("icl"), config.method, optimizer,
+                               teacher_active=True)
+  teacher_before = jax.tree.map(np.asarray, (state["teacher_params"],
+                                             state["teacher_batch_stats"]))
+  student_before = jax.tree.map(np.asarray, state["params"])
+  for i in range(3):
+    state, metrics = step(state, _random_batch(config, seed=i))
+    assert np.isfinite(float(metrics["loss"]))
+  # Unchanged during the epoch, while the student moved.
+  _assert_trees_equal(teacher_before, (state["teacher_params"], state["teacher_batch_stats"]))
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)),
+                                       student_before, state["params"]))
+  assert any(moved)
+  # Epoch end: equal to the student, in buffers of its own.
+  state = train.refresh_teacher(state)
+  _assert_trees_equal(state["params"], state["teacher_params"])
+  _assert_trees_equal(state["batch_stats"], state["teacher_batch_stats"])
+  leaf = jax.tree.leaves(state["params"])[0]
+  assert jax.tree.leaves(state["teacher_params"])[0].unsafe_buffer_pointer() != \
+      leaf.unsafe_buffer_pointer()
+  # Still usable after the student's buffers are donated by the next step.
+  teacher_copy = jax.tree.map(np.asarray, state["teacher_params"])
+  state, _ = step(state, _random_batch(config, seed=9))
+  _assert_trees_equal(teacher_copy, state["teacher_params"])
+
+  # No gradient reaches the teacher through the ICL loss.
+  from flax import nnx
+  batch = _random_batch(config, seed=5)
+
+  def loss_of_teacher(teacher_params):
+    teacher = nnx.merge(graphdef, teacher_params, state["teacher_batch_stats"])
+    teacher.eval()
+    student = nnx.merge(graphdef, state["params"], state["batch_stats"])
+    student.eval()
+    t_out = teacher(batch["image"], batch["spectrogram"])
+    s_out = student(batch["image"], batch["spectrogram"])
+    return methods.get("icl").loss(s_out, t_out, batch, config.method, jax.random.key(0))[0]
+
+  grads = jax.grad(loss_of_teacher)(state["teacher_params"])
+  assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_epoch_sampler_fresh_permutation_each_epoch():
+  sampler = input_pipeline.EpochSampler(num_examples=10, global_batch=3, seed=0)
+  assert sampler.steps_per_epoch == 3
+  epoch0 = [sampler(i) for i in range(9)]
+  epoch1 = [sampler(9 + i) for i in range(9)]
+  assert len(set(epoch0)) == 9 and len(set(epoch1)) == 9
+  assert epoch0 != epoch1
+
+
+def _final_state(workdir, config):
+  from soundloc_jax import checkpointing
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = ckpt.latest_step()
+  _, abstract = train.create_train_state(config, train.make_optimizer(config))
+  state, _ = ckpt.restore(step, abstract)
+  ckpt.close()
+  return step, state
+
+
+def test_resumed_run_equals_uninterrupted_run(demo_data_dir, tmp_path):
+  full = tiny_config(demo_data_dir, num_epochs=2)
+  train.train_and_evaluate(full, str(tmp_path / "full"))
+  # Interrupted mid-epoch (step 5 of 24 per epoch) and again after the epoch
+  # boundary, then resumed to the end with the same command.
+  for stop in (5, 30, 0):
+    train.train_and_evaluate(tiny_config(demo_data_dir, num_epochs=2, max_steps=stop),
+                             str(tmp_path / "resumed"))
+  step_a, state_a = _final_state(str(tmp_path / "full"), full)
+  step_b, state_b = _final_state(str(tmp_path / "resumed"), full)
+  assert step_a == step_b == 2 * (768 // 32)
+  for key in ("params", "batch_stats", "teacher_params", "opt_state"):
+    _assert_trees_equal(state_a[key], state_b[key])
+
+
+def test_workdir_with_other_config_is_refused(demo_data_dir, tmp_path):
+  train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=2), str(tmp_path))
+  with pytest.raises(train.TrainingError, match="different config"):
+    train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=4, **{"method.tau": 0.2}),
+                             str(tmp_path))
+
+
+@pytest.mark.slow
+def test_icl_learns_to_localize_on_demo_data(demo_data_dir, tmp_path):
+  config = tiny_config(demo_data_dir, num_epochs=8, batch_size=32, **{"model.width": 8,
+                                                                      "method.init_epochs": 3})
+  workdir = str(tmp_path / "learn")
+  untrained = train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=0, num_epochs=0,
+                                                   **{"model.width": 8}), str(tmp_path / "u"))
+  result = train.train_and_evaluate(config, workdir)
+  before, after = untrained["test"]["test"], result["test"]["test"]
+  print("untrained", before, "trained", after)
+  assert after["ciou"] >= before["ciou"] + 0.25
+  assert after["auc"] >= before["auc"] + 0.15
+  # Reports the README promises.
+  for name in ("metrics.json", "success_curve.png", "overlays.png"):
+    assert os.path.getsize(os.path.join(workdir, "eval", "test", name)) > 0
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert any(r["split"] == "validation" for r in records)
+  assert any(r.get("teacher") for r in records if r["split"] == "train")
+  assert os.listdir(os.path.join(workdir, "overlays"))
+
+
+def _run_main(*args, env=None):
+  return subprocess.run([sys.executable, "-m", "soundloc_jax.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, **(env or {})})
+
+
+def test_unknown_config_key_is_a_one_line_error(tmp_path):
+  proc = _run_main("--config=configs/iterative.py", f"--workdir={tmp_path}",
+                   "--config.method.tua=0.1")
+  assert proc.returncode != 0
+  assert "tua" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path):
+  proc = _run_main("--config=configs/iterative.py:flicker_10k", f"--workdir={tmp_path}")
+  assert proc.returncode != 0
+  assert "flicker_10k" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_dataset_is_a_one_line_error(tmp_path):
+  proc = _run_main("--config=configs/iterative.py", f"--workdir={tmp_path / 'w'}",
+                   f"--config.dataset.data_dir={tmp_path / 'nothing_here'}",
+                   "--config.dataset.build_if_missing=False")
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "av_digits" in lines[0] and "tfds_build" in lines[0]
+  assert "Traceback" not in proc.stderr
+
+
+def test_ablation_presets_parse():
+  for row, flags in iterative.ABLATIONS.items():
+    c = iterative.get_config(f"ablation={row}")
+    assert (c.method.use_itr, c.method.use_intra, c.method.use_inter) == flags
+  with pytest.raises(ValueError, match="unknown ablation"):
+    iterative.get_config("ablation=nope")
