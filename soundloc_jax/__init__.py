@@ -8,3 +8,10 @@ teacher refresh, checkpoints), `evaluation` (official cIoU/AUC protocol),
 """
 
 __version__ = "0.1.0"
+
+
+def load(*args, **kwargs):
+  """`soundloc_jax.inference.load(workdir, step=None) -> Localizer` (imported on
+  first use, so `import soundloc_jax` stays light)."""
+  from soundloc_jax.inference import load as _load
+  return _load(*args, **kwargs)

@@ -65,12 +65,16 @@ def preprocess(example: dict, *, image_size: int, augment: bool, rng: np.random.
   return out
 
 
+def resized_shape(h: int, w: int, shorter: int) -> tuple[int, int]:
+  """`(H', W')` of an `h` x `w` image whose shorter side is scaled to `shorter`."""
+  scale = shorter / min(h, w)
+  return max(shorter, round(h * scale)), max(shorter, round(w * scale))
+
+
 def _resize_shorter(image: np.ndarray, shorter: int) -> np.ndarray:
   from PIL import Image
-  h, w = image.shape[:2]
-  scale = shorter / min(h, w)
-  size = (max(shorter, round(w * scale)), max(shorter, round(h * scale)))
-  return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+  rh, rw = resized_shape(image.shape[0], image.shape[1], shorter)
+  return np.asarray(Image.fromarray(image).resize((rw, rh), Image.BICUBIC))
 
 
 def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:

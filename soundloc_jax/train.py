@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -266,8 +267,9 @@ class MetricsWriter:
   def write(self, record: dict, echo: str | None = None) -> None:
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
-    if echo:
-      print(echo, flush=True)
+    if echo:  # tqdm.write keeps an active progress bar intact
+      tqdm.tqdm.write(echo)
+      sys.stdout.flush()
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -346,6 +348,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         num_steps=stop_step, image_size=ds_cfg.image_size, augment=ds_cfg.augment,
         num_threads=ds_cfg.num_workers)
   t_start, steps_timed, t_log, samples_since_log = time.time(), 0, time.time(), 0
+  # A live bar on terminals only (disable=None); logs get the ETA in each line.
+  bar = tqdm.tqdm(total=stop_step, initial=start_step, unit="step", disable=None,
+                  dynamic_ncols=True, leave=False)
   for step in range(start_step, stop_step):
     epoch = step // steps_per_epoch
     active = method.teacher_active(epoch, config.method)
@@ -355,6 +360,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, metrics = step_fns[active](state, batch)
     samples_since_log += config.batch_size
     steps_timed += 1
+    bar.update(1)
 
     if (step + 1) % config.log_every_steps == 0 or step + 1 == stop_step:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -382,6 +388,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         config.checkpoint.every_steps and (step + 1) % config.checkpoint.every_steps == 0):
       ckpt.save(step + 1, state, {"step": step + 1, "epoch": epoch,
                                   "epoch_complete": bool(epoch_end), **last_metrics})
+  bar.close()
   ckpt.wait()
 
   result = {"validation": last_metrics}

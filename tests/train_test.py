@@ -133,26 +133,33 @@ def test_workdir_with_other_config_is_refused(demo_data_dir, tmp_path):
                              str(tmp_path))
 
 
+# Learning needs more examples than the suite's reduced split: 4,000 training
+# examples (the full demo's train split), small validation / test splits.
+LEARNING_DATASET = "av_digits/small_4000_128_128"
+
+
 @pytest.mark.slow
 def test_icl_learns_to_localize_on_demo_data(demo_data_dir, tmp_path):
-  config = tiny_config(demo_data_dir, num_epochs=8, batch_size=32, **{"model.width": 8,
-                                                                      "method.init_epochs": 3})
+  """~2 min on 2 cores: 2 epochs of Eq. 3, then one epoch of ICL Eq. 7."""
+  overrides = {"dataset.name": LEARNING_DATASET, "model.width": 16, "batch_size": 64,
+               "optimizer.learning_rate": 3e-3, "method.init_epochs": 2}
+  untrained = train.train_and_evaluate(tiny_config(demo_data_dir, num_epochs=0, **overrides),
+                                       str(tmp_path / "untrained"))
   workdir = str(tmp_path / "learn")
-  untrained = train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=0, num_epochs=0,
-                                                   **{"model.width": 8}), str(tmp_path / "u"))
-  result = train.train_and_evaluate(config, workdir)
+  result = train.train_and_evaluate(tiny_config(demo_data_dir, num_epochs=3, **overrides),
+                                    workdir)
   before, after = untrained["test"]["test"], result["test"]["test"]
   print("untrained", before, "trained", after)
-  assert after["ciou"] >= before["ciou"] + 0.25
-  assert after["auc"] >= before["auc"] + 0.15
+  assert after["ciou"] >= before["ciou"] + 0.2
+  assert after["auc"] >= before["auc"] + 0.1
   # Reports the README promises.
   for name in ("metrics.json", "success_curve.png", "overlays.png"):
     assert os.path.getsize(os.path.join(workdir, "eval", "test", name)) > 0
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
-  assert any(r["split"] == "validation" for r in records)
+  assert sum(r["split"] == "validation" for r in records) == 3
   assert any(r.get("teacher") for r in records if r["split"] == "train")
-  assert os.listdir(os.path.join(workdir, "overlays"))
+  assert len(os.listdir(os.path.join(workdir, "overlays"))) == 3
 
 
 def _run_main(*args, env=None):

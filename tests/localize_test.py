@@ -1,0 +1,254 @@
+"""Inference (`soundloc_jax.load`, `Localizer`) and the `localize` command line.
+
+One small trained workdir (2 steps of the tiny demo config) serves the module.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for train_test
+
+import soundloc_jax  # noqa: E402
+from data_builders.av_digits.av_digits_dataset_builder import synth_waveform  # noqa: E402
+from soundloc_jax import (audio, checkpointing, evaluation, inference, input_pipeline,  # noqa: E402
+                          localize, train)
+from train_test import tiny_config  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def workdir(demo_data_dir, tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("localize") / "run")
+  train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=2), path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def localizer(workdir):
+  return soundloc_jax.load(workdir)
+
+
+@pytest.fixture(scope="module")
+def example(demo_data_dir):
+  """(image uint8 [64, 64, 3] as the evaluator prepares it, 16 kHz waveform of its class)."""
+  name, data_dir = train.prepare_data(tiny_config(demo_data_dir))
+  source = input_pipeline.open_source(name, "test", data_dir)
+  raw = source[3]
+  ex = input_pipeline.preprocess(raw, image_size=64, augment=False,
+                                 rng=np.random.default_rng(0), index=3)
+  return ex["image"], synth_waveform(int(raw["label"]), np.random.default_rng(7))
+
+
+def test_localize_equals_trainer_forward_and_protocol_map(localizer, workdir, example):
+  image, wave = example
+  heat = localizer.localize(image, wave, 16000)
+  assert heat.shape == (64, 64) and heat.dtype == np.float32
+  assert heat.min() >= 0.0 and heat.max() <= 1.0 and heat.max() == pytest.approx(1.0)
+
+  # The evaluator's path, built independently from the trainer's pieces.
+  with open(os.path.join(workdir, "config.json")) as f:
+    import ml_collections
+    config = ml_collections.ConfigDict(json.load(f))
+  graphdef, abstract = train.create_train_state(config, train.make_optimizer(config))
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  state, _ = ckpt.restore(ckpt.latest_step(), abstract)
+  ckpt.close()
+  spec = audio.log_spectrogram(wave, 16000, config.audio)
+  response = np.asarray(train.make_predict_fn(graphdef)(
+      state["params"], state["batch_stats"], image[None], spec[None]))
+  expected = evaluation.localization_map(response, size=config.dataset.image_size)[0]
+  np.testing.assert_allclose(localizer.response(image, wave, 16000), response[0], atol=1e-6)
+  np.testing.assert_allclose(heat, expected, atol=1e-6)
+  assert localizer.step == 2
+
+
+def test_grayscale_rgba_stereo_and_resampled_inputs(localizer, example):
+  import librosa
+  image, wave = example
+  gray = image.mean(axis=-1).round().astype(np.uint8)
+  np.testing.assert_array_equal(localizer.localize(gray, wave, 16000),
+                                localizer.localize(np.repeat(gray[..., None], 3, -1), wave, 16000))
+  rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 77, np.uint8)], axis=-1)
+  base = localizer.localize(image, wave, 16000)
+  np.testing.assert_array_equal(localizer.localize(rgba, wave, 16000), base)
+  np.testing.assert_allclose(localizer.localize(image, np.stack([wave, wave], 1), 16000), base,
+                             atol=1e-6)
+  wave_22k = librosa.resample(wave, orig_sr=16000, target_sr=22050)
+  heat = localizer.localize(image, wave_22k, 22050)
+  assert heat.shape == (64, 64) and np.isfinite(heat).all()
+  assert heat.min() >= 0.0 and heat.max() <= 1.0
+  # A bigger, non-square image goes through the test transform to the same size.
+  assert localizer.localize(np.tile(image, (2, 3, 1)), wave, 16000).shape == (64, 64)
+  with pytest.raises(inference.InputError, match="uint8"):
+    localizer.localize(image.astype(np.float32), wave, 16000)
+  with pytest.raises(inference.InputError, match="empty"):
+    localizer.localize(image, np.zeros(0, np.float32), 16000)
+
+
+def test_peak_maps_the_crop_back_to_the_original_image():
+  # A bright square at (x 140..150, y 40..50) of a 100 x 300 image: find it in
+  # the 64 x 64 centre crop the model sees, then map back.
+  image = np.zeros((100, 300, 3), np.uint8)
+  image[40:50, 140:150] = 255
+  crop = input_pipeline.center_crop_resize(image, 64).astype(np.float32).mean(-1)
+  x, y = inference.peak(crop, image.shape)
+  assert 140 <= x < 150 and 40 <= y < 50
+  assert inference.crop_box(image.shape, 64) == pytest.approx((100, 0, 200, 100))
+  heat = np.zeros((64, 64), np.float32)
+  heat[32, 0] = 1
+  assert inference.peak(heat) == (0, 32)
+  assert inference.peak(heat, (100, 300)) == (100, 50)
+  heat[:] = 0
+  heat[:8, :8] = 1  # a flat maximum (bilinear upsampling at a border): its centre
+  assert inference.peak(heat) in {(3, 3), (4, 4)}
+
+
+def test_load_errors_name_the_workdir(workdir, tmp_path):
+  with pytest.raises(inference.WorkdirError, match="does not exist"):
+    soundloc_jax.load(str(tmp_path / "nowhere"))
+  with pytest.raises(inference.WorkdirError, match="config.json"):
+    soundloc_jax.load(str(tmp_path))
+  other = tmp_path / "wider"
+  shutil.copytree(workdir, other)
+  with open(other / "config.json") as f:
+    config = json.load(f)
+  config["model"]["width"] = 8
+  with open(other / "config.json", "w") as f:
+    json.dump(config, f)
+  with pytest.raises(inference.CheckpointMismatchError, match="model.width") as info:
+    soundloc_jax.load(str(other))
+  assert str(other) in str(info.value)
+
+
+def test_import_stays_light():
+  proc = subprocess.run([sys.executable, "-c", "import soundloc_jax, sys; "
+                         "print(sorted(m for m in ('jax', 'flax', 'orbax') if m in sys.modules))"],
+                        cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def _write_inputs(directory, image, wave):
+  import soundfile as sf
+  from PIL import Image
+  img_path = os.path.join(directory, "scene.png")
+  Image.fromarray(image).resize((96, 72), Image.BICUBIC).save(img_path)
+  wav_path = os.path.join(directory, "sound.wav")
+  sf.write(wav_path, np.stack([wave, wave], 1), 16000)
+  return img_path, wav_path
+
+
+def test_cli_writes_overlay_and_prints_the_peak(workdir, localizer, example, tmp_path):
+  img_path, wav_path = _write_inputs(str(tmp_path), *example)
+  proc = subprocess.run([sys.executable, "-m", "soundloc_jax.localize", f"--workdir={workdir}",
+                         f"--image={img_path}", f"--audio={wav_path}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=180)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert not proc.stderr.strip(), proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1
+  m = re.fullmatch(r"peak \(x=(\d+), y=(\d+)\) in (.+); overlay written to (.+)", lines[0])
+  assert m and m.group(3) == img_path
+  out = os.path.join(str(tmp_path), "scene_soundloc.png")
+  assert m.group(4) == out
+  from PIL import Image
+  with Image.open(out) as im:
+    assert im.format == "PNG" and min(im.size) > 100
+  # Same answer as the library on the same files.
+  image = localize.read_image(img_path)
+  wave, rate = localize.read_audio(wav_path)
+  expected = localizer.peak(localizer.localize(image, wave, rate), image.shape)
+  assert (int(m.group(1)), int(m.group(2))) == expected
+  assert 0 <= expected[0] < 96 and 0 <= expected[1] < 72
+
+
+def _bad_inputs(d, workdir, img, wav):
+  """name -> (argv, the path the error line must name)."""
+  import soundfile as sf
+  from PIL import Image
+  p = lambda name: os.path.join(d, name)  # noqa: E731
+  with open(p("corrupt.jpg"), "wb") as f:
+    f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+  sf.write(p("silence.wav"), np.zeros((0,), np.float32), 16000)
+  open(p("empty.wav"), "wb").close()
+  with open(p("notes.wav"), "w") as f:
+    f.write("this is text, not audio\n")
+  with open(p("sound.xyz"), "wb") as f:
+    f.write(b"\0" * 64)
+  Image.new("1", (8000, 7000)).save(p("huge.png"))  # 56 MP, a few KB
+  os.makedirs(p("untrained"))
+  shutil.copy(os.path.join(workdir, "config.json"), p("untrained"))
+  shutil.copytree(workdir, p("wider"))
+  with open(p("wider/config.json")) as f:
+    config = json.load(f)
+  config["model"]["width"] = 8
+  with open(p("wider/config.json"), "w") as f:
+    json.dump(config, f)
+  w = f"--workdir={workdir}"
+  return {
+      "missing image": ([w, f"--image={p('nope.jpg')}", f"--audio={wav}"], p("nope.jpg")),
+      "corrupt image": ([w, f"--image={p('corrupt.jpg')}", f"--audio={wav}"], p("corrupt.jpg")),
+      "huge image": ([w, f"--image={p('huge.png')}", f"--audio={wav}"], p("huge.png")),
+      "zero-length wav": ([w, f"--image={img}", f"--audio={p('silence.wav')}"], p("silence.wav")),
+      "empty wav file": ([w, f"--image={img}", f"--audio={p('empty.wav')}"], p("empty.wav")),
+      "text as audio": ([w, f"--image={img}", f"--audio={p('notes.wav')}"], p("notes.wav")),
+      "unsupported extension": ([w, f"--image={img}", f"--audio={p('sound.xyz')}"],
+                                p("sound.xyz")),
+      "workdir without checkpoint": ([f"--workdir={p('untrained')}", f"--image={img}",
+                                      f"--audio={wav}"], p("untrained")),
+      "checkpoint of another model": ([f"--workdir={p('wider')}", f"--image={img}",
+                                       f"--audio={wav}"], p("wider")),
+      "missing workdir": ([f"--workdir={p('nowhere')}", f"--image={img}", f"--audio={wav}"],
+                          p("nowhere")),
+  }
+
+
+BAD_CASES = ["missing image", "corrupt image", "huge image", "zero-length wav", "empty wav file",
+             "text as audio", "unsupported extension", "workdir without checkpoint",
+             "checkpoint of another model", "missing workdir"]
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(workdir, example, tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("bad_inputs"))
+  img, wav = _write_inputs(d, *example)
+  return _bad_inputs(d, workdir, img, wav)
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_line_exit_2(case, bad_inputs, capsys):
+  argv, path = bad_inputs[case]
+  assert localize.main(argv) == 2
+  captured = capsys.readouterr()
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error:"), captured.err
+  assert path in lines[0]
+  assert "Traceback" not in captured.err and not captured.out
+
+
+def test_bad_input_from_the_shell(bad_inputs):
+  argv, path = bad_inputs["corrupt image"]
+  proc = subprocess.run([sys.executable, "-m", "soundloc_jax.localize", *argv], cwd=REPO,
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().count("\n") == 0 and path in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_help_says_video_is_not_available(capsys):
+  with pytest.raises(SystemExit) as info:
+    localize.main(["--help"])
+  assert info.value.code == 0
+  assert "Video" in capsys.readouterr().out
+  with pytest.raises(SystemExit) as info:
+    localize.main(["--workdir=w", "--image=a.jpg", "--audio=b.wav", "--video=c.mp4"])
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert "--video" in err and "not supported" in err and err.count("\n") == 1
