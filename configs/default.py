@@ -16,17 +16,15 @@ LVS_AUDIO = dict(kind="lvs_psd", sample_rate=16000, clip_seconds=3.0, nperseg=51
                  noverlap=353)
 
 
-def _audio(params):
-  keys = ("kind", "sample_rate", "clip_seconds", "nperseg", "noverlap", "n_fft",
-          "hop_length", "n_mels")
-  audio = ml_collections.ConfigDict({k: params.get(k, _AUDIO_FILL[k]) for k in keys})
-  return audio
-
-
 # Every audio key exists in every config (unused ones keep a placeholder), so
 # switching the front end with --config.audio.kind=... never hits a missing key.
 _AUDIO_FILL = dict(kind="", sample_rate=16000, clip_seconds=1.0, nperseg=512, noverlap=274,
                    n_fft=512, hop_length=128, n_mels=64)
+
+
+def audio_config(params: dict) -> ml_collections.ConfigDict:
+  """`config.audio` for a front end given as a dict (e.g. DEMO_AUDIO, LVS_AUDIO)."""
+  return ml_collections.ConfigDict({k: params.get(k, v) for k, v in _AUDIO_FILL.items()})
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -41,7 +39,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.dataset.train_split = "train"
   # Evaluated every epoch (model selection); never a test split.
   c.dataset.validation_split = "validation"
-  # Evaluated at the end of training and with --mode=eval.
+  # Evaluated at the end of training and with --mode=eval: splits of this
+  # dataset ("test") or of another one ("other_dataset:test").
   c.dataset.test_splits = ("test",)
   # Build the demo dataset on first use when it is missing.
   c.dataset.build_if_missing = True
@@ -49,7 +48,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.dataset.augment = False          # demo: boxes are exact, no crop/flip
   c.dataset.num_workers = 0          # grain read threads (0 = in-process)
 
-  c.audio = _audio(DEMO_AUDIO)
+  c.audio = audio_config(DEMO_AUDIO)
 
   c.model = ml_collections.ConfigDict()
   c.model.width = 16                 # 64 in the papers

@@ -50,8 +50,9 @@ def parse_arg(arg: str) -> tuple[str, dict]:
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   preset, options = parse_arg(arg)
   if preset not in PRESETS:
-    raise ValueError(f"configs/iterative.py: unknown preset {preset!r}; "
-                     f"available: {', '.join(repr(p) for p in PRESETS)}")
+    raise ValueError(f"configs/iterative.py: unknown preset {preset!r}; available: "
+                     + ", ".join(repr(p) + (" (the av_digits demo)" if not p else "")
+                                 for p in PRESETS))
   unknown = set(options) - {"ablation"}
   if unknown:
     raise ValueError(f"configs/iterative.py: unknown option(s) {sorted(unknown)}; "

@@ -9,6 +9,7 @@ also scores the test splits at the end; or `eval`, which scores the latest or
 incompatible workdir, bad config value) are printed as one line, exit code 2.
 """
 
+import re
 import sys
 
 from absl import app, flags, logging
@@ -21,6 +22,30 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (default) o
 _CHECKPOINT_STEP = flags.DEFINE_integer("checkpoint_step", None,
                                         "Checkpoint step for --mode=eval (default: latest).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _one_line(error: BaseException) -> str:
+  """absl folds the config file's traceback into its message: keep the last line."""
+  lines = [l.strip() for l in str(error).strip().splitlines() if l.strip()]
+  return re.sub(r"^\w+(Error|Exception): ", "", lines[-1]) if lines else type(error).__name__
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with bad flags and config errors as one line, exit 2."""
+  try:
+    args = flags.FLAGS(argv)
+    if _CONFIG.value is not None:
+      _CONFIG.value.keys()  # a config file that failed to load raises here
+    return args
+  except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
+    message = _one_line(e)
+    if isinstance(e, (KeyError, AttributeError)):  # locked config: no such field
+      key = message.strip("\"'")
+      bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and key in a]
+      message = (f"unknown config field {key!r}" + (f" in {bad[0]}" if bad else "")
+                 + "; see configs/default.py for the fields")
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
@@ -42,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -281,16 +281,21 @@ def _fmt_eta(seconds: float) -> str:
 # Train and evaluate
 # ----------------------------------------------------------------------------
 
-def prepare_data(config) -> tuple[str, str]:
-  """`(dataset name, data_dir)`; builds the demo dataset on first use."""
-  data_dir = resolve_data_dir(config)
-  name = config.dataset.name
+def resolve_dataset(name: str, data_dir: str, build_if_missing: bool) -> str:
+  """The TFDS name to read; the demo dataset gets its config made explicit and
+  is built on first use."""
   if name.split("/")[0] == "av_digits":
     from soundloc_jax import demo_data
     name = demo_data.dataset_name(name)
-    if config.dataset.build_if_missing:
+    if build_if_missing:
       demo_data.ensure_built(data_dir, name)
-  return name, data_dir
+  return name
+
+
+def prepare_data(config) -> tuple[str, str]:
+  """`(dataset name, data_dir)` of the training dataset."""
+  data_dir = resolve_data_dir(config)
+  return resolve_dataset(config.dataset.name, data_dir, config.dataset.build_if_missing), data_dir
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -418,20 +423,29 @@ def _evaluate_epoch(val_eval, predict, state, epoch, step, writer, workdir, over
 
 def evaluate_splits(config, workdir, graphdef, state, name, data_dir, splits,
                     predict=None) -> dict:
-  """Score `splits` with the state's student; reports in `workdir/eval/<split>/`."""
+  """Score `splits` with the state's student; reports in `workdir/eval/<entry>/`.
+
+  An entry is a split of the training dataset (`"test"`) or of another one
+  (`"other_dataset:test"`, e.g. train on VGGSound, test on Flickr too).
+  """
   predict = predict or make_predict_fn(graphdef)
   out = {}
-  for split in splits:
-    source = input_pipeline.open_source(name, split, data_dir)
-    res = evaluator.SplitEvaluator(split, source, config).run(
+  for entry in splits:
+    split_name, split = name, entry
+    if ":" in entry:
+      other, split = entry.rsplit(":", 1)
+      split_name = resolve_dataset(other, data_dir, config.dataset.build_if_missing)
+    source = input_pipeline.open_source(split_name, split, data_dir)
+    res = evaluator.SplitEvaluator(entry, source, config).run(
         lambda im, sp: predict(state["params"], state["batch_stats"], im, sp))
-    evaluator.write_report(res, os.path.join(workdir, "eval", split), source, config)
-    print(f"{split}: cIoU@{config.eval.success_threshold} {res.metrics['ciou']:.3f} "
+    report_dir = os.path.join(workdir, "eval", entry.replace("/", "_").replace(":", "_"))
+    evaluator.write_report(res, report_dir, source, config)
+    print(f"{entry}: cIoU@{config.eval.success_threshold} {res.metrics['ciou']:.3f} "
           f"[{res.metrics['ciou_ci95_lo']:.3f}, {res.metrics['ciou_ci95_hi']:.3f}] "
           f"AUC {res.metrics['auc']:.3f} | median protocol cIoU {res.metrics['ciou_median']:.3f} "
           f"AUC {res.metrics['auc_median']:.3f} (n={res.metrics['n']}); report in "
-          f"{os.path.join(workdir, 'eval', split)}", flush=True)
-    out[split] = res.metrics
+          f"{report_dir}", flush=True)
+    out[entry] = res.metrics
   return out
 
 

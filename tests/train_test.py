@@ -112,8 +112,12 @@ def _final_state(workdir, config):
 
 
 def test_resumed_run_equals_uninterrupted_run(demo_data_dir, tmp_path):
-  full = tiny_config(demo_data_dir, num_epochs=2)
-  train.train_and_evaluate(full, str(tmp_path / "full"))
+  # Also scores a second test set named "dataset:split".
+  full = tiny_config(demo_data_dir, num_epochs=2, **{"dataset.test_splits": ("test",
+                                                                              "av_digits:validation")})
+  result = train.train_and_evaluate(full, str(tmp_path / "full"))
+  assert set(result["test"]) == {"test", "av_digits:validation"}
+  assert os.path.exists(tmp_path / "full" / "eval" / "av_digits_validation" / "metrics.json")
   # Interrupted mid-epoch (step 5 of 24 per epoch) and again after the epoch
   # boundary, then resumed to the end with the same command.
   for stop in (5, 30, 0):
@@ -198,3 +202,9 @@ def test_ablation_presets_parse():
     assert (c.method.use_itr, c.method.use_intra, c.method.use_inter) == flags
   with pytest.raises(ValueError, match="unknown ablation"):
     iterative.get_config("ablation=nope")
+
+
+def test_audio_front_end_must_match_the_dataset(demo_data_dir, tmp_path):
+  config = tiny_config(demo_data_dir, **{"audio.n_mels": 32})
+  with pytest.raises(train.DatasetError, match="n_mels"):
+    train.train_and_evaluate(config, str(tmp_path))
