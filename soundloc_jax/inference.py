@@ -243,13 +243,11 @@ def _diagnose_mismatch(state_dir: str, abstract_state, config,
   stored = {k: v for k, v in _tree_shapes(getattr(meta, "item_metadata", meta)).items()
             if v is not None}
   wanted = {k: v for k, v in _tree_shapes(abstract_state).items() if v is not None}
-  try:
-    width = stored["params.visual.conv1.kernel"][-1]
-    if width != config.model.width:
-      return (f"the checkpoint was trained with model.width={width}, but config.json "
-              f"says model.width={config.model.width}")
-  except (KeyError, IndexError, TypeError):
-    pass
+  conv1 = stored.get("params.visual.conv1.kernel")
+  width = conv1[-1] if conv1 else None
+  if width is not None and width != config.model.width:
+    return (f"the checkpoint was trained with model.width={width}, but config.json "
+            f"says model.width={config.model.width}")
   checks = [("shape differs", sorted(k for k in set(wanted) & set(stored)
                                      if wanted[k] != stored[k]))]
   if structure:

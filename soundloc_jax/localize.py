@@ -243,11 +243,8 @@ def _workdir_or_raise(workdir: str) -> str:
 def main(argv=None) -> int:
   """Entry point; returns the exit code (0, or 2 for a user error)."""
   args = _parser().parse_args(argv)
-  try:
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax info lines
-  except ImportError:
-    pass
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax info lines
   from soundloc_jax.errors import UserError
   try:
     line = run(args)
