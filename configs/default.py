@@ -82,7 +82,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.num_overlays = 8            # fixed validation samples drawn per epoch
 
   c.log_every_steps = 20
+  # A non-finite loss or gradient: "stop" (error naming the step and the last
+  # good checkpoint; nothing non-finite is ever saved) or "skip" the update.
+  c.nonfinite = "stop"
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 0       # 0 = at each epoch end only
-  c.checkpoint.max_to_keep = 2
+  c.checkpoint.max_to_keep = 2      # the last N checkpoints
+  # Also keep the best epoch by this validation metric (max) in
+  # workdir/checkpoints_best ("" = off). Never a test-split metric.
+  c.checkpoint.best_metric = "val_auc"
   return c

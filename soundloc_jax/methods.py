@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from soundloc_jax import losses
+from soundloc_jax import losses, lvs_losses
 from soundloc_jax.errors import ConfigError
 
 
@@ -76,3 +76,20 @@ def _icl_teacher_active(epoch, cfg):
 
 register(Method("contrastive", _contrastive_loss))
 register(Method("icl", _icl_loss, needs_teacher=True, teacher_active=_icl_teacher_active))
+
+
+# LVS baseline (soundloc_jax.lvs_losses): "lvs" = tri-map + hard-negative logit,
+# "lvs_vanilla" = neither (HardPos's Vanilla-LVS, the model it mines with).
+def _make_lvs_loss(trimap, hard_negative):
+  def loss(outputs, teacher_outputs, batch, cfg, rng):
+    del teacher_outputs, batch, rng
+    return lvs_losses.lvs_loss(
+        outputs["visual_features"], outputs["audio_embedding"], epsilon=cfg.epsilon,
+        epsilon2=cfg.epsilon2, mask_tau=cfg.mask_tau, temperature=cfg.temperature,
+        trimap=trimap, hard_negative=hard_negative,
+        negative_pooling=cfg.get("negative_pooling", "mean"))
+  return loss
+
+
+register(Method("lvs", _make_lvs_loss(trimap=True, hard_negative=True)))
+register(Method("lvs_vanilla", _make_lvs_loss(trimap=False, hard_negative=False)))

@@ -1,0 +1,50 @@
+"""LVS baseline ("Localizing Visual Sounds the Hard Way"), as HardPos uses it.
+
+`--config=configs/lvs.py[:PRESET][,variant=VARIANT]`
+  PRESET    "" (default): the embedded av_digits demo.
+  VARIANT   full (default): tri-map + hard-negative logit (method "lvs");
+            vanilla: neither (method "lvs_vanilla", HardPos's Vanilla-LVS,
+            the model whose embeddings HardPos mines neighbours with).
+
+Values (the loss rules are in `soundloc_jax/lvs_losses.py`):
+  epsilon = 0.65, mask_tau = 0.03   LVS / HardPos (Sec. 3.2), on raw cosine.
+  epsilon2 = 0.4                    LVS's tri-map threshold.
+  temperature = 0.07                LVS's code divides all logits by 0.07.
+  negative_pooling = "mean"         other samples' maps are spatially averaged
+                                    (HardPos Eq. 5); "masked" soft-masks them
+                                    as LVS's released model.py does.
+"""
+
+import ml_collections
+
+from configs import default
+from configs.iterative import parse_arg
+
+VARIANTS = {"full": "lvs", "vanilla": "lvs_vanilla"}
+PRESETS = ("",)
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  preset, options = parse_arg(arg)
+  if preset not in PRESETS:
+    raise ValueError(f"configs/lvs.py: unknown preset {preset!r}; available: "
+                     + ", ".join(repr(p) + (" (the av_digits demo)" if not p else "")
+                                 for p in PRESETS))
+  unknown = set(options) - {"variant"}
+  if unknown:
+    raise ValueError(f"configs/lvs.py: unknown option(s) {sorted(unknown)}; available: variant")
+  variant = options.get("variant", "full")
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/lvs.py: unknown variant {variant!r}; "
+                     f"available: {', '.join(VARIANTS)}")
+
+  c = default.get_config()
+  c.method = ml_collections.ConfigDict()
+  c.method.name = VARIANTS[variant]
+  c.method.variant = variant
+  c.method.epsilon = 0.65
+  c.method.epsilon2 = 0.4
+  c.method.mask_tau = 0.03
+  c.method.temperature = 0.07
+  c.method.negative_pooling = "mean"
+  return c
