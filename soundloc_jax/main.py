@@ -21,6 +21,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (default) or evaluate.")
 _CHECKPOINT_STEP = flags.DEFINE_integer("checkpoint_step", None,
                                         "Checkpoint step for --mode=eval (default: latest).")
+_BEST = flags.DEFINE_bool("best", False, "--mode=eval: use the best validation checkpoint "
+                          "(workdir/checkpoints_best) instead of the latest.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -60,7 +62,8 @@ def main(argv):
     if _MODE.value == "train":
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:
-      train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT_STEP.value)
+      train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT_STEP.value,
+                                best=_BEST.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -41,7 +41,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from soundloc_jax import audio as audio_lib
-from soundloc_jax import checkpointing, evaluator, input_pipeline, methods
+from soundloc_jax import checkpointing, distributed, evaluator, input_pipeline, methods
 from soundloc_jax.errors import ConfigError, DatasetError, TrainingError
 from soundloc_jax.models import av_model
 
@@ -103,6 +103,10 @@ def create_train_state(config, optimizer):
       "teacher_params": _copy(params),
       "teacher_batch_stats": _copy(batch_stats),
       "rng": jax.random.key_data(jax.random.key(config.seed)),
+      # First step whose loss or gradients were not finite (-1: none yet),
+      # and how many updates `nonfinite="skip"` dropped.
+      "nonfinite_step": jnp.full((), -1, jnp.int32),
+      "skipped_steps": jnp.zeros((), jnp.int32),
   }
   return graphdef, state
 
@@ -118,8 +122,13 @@ def refresh_teacher(state):
 # ----------------------------------------------------------------------------
 
 def make_train_step(graphdef, method: methods.Method, method_config, optimizer,
-                    teacher_active: bool, mesh=None):
-  """Jitted `(state, batch) -> (state, metrics)`; state donated, batch sharded on 'data'."""
+                    teacher_active: bool, mesh=None, skip_nonfinite: bool = False):
+  """Jitted `(state, batch) -> (state, metrics)`; state donated, batch sharded on 'data'.
+
+  A step whose loss or gradients are not finite is recorded in
+  `state["nonfinite_step"]` (the first one); with `skip_nonfinite` its update
+  is dropped (params, optimizer and BatchNorm state stay as they were).
+  """
 
   def step_fn(state, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
@@ -140,9 +149,21 @@ def make_train_step(graphdef, method: methods.Method, method_config, optimizer,
         state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-    new_state = dict(state, step=state["step"] + 1, params=params, batch_stats=batch_stats,
-                     opt_state=opt_state)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    step = state["step"] + 1
+    nonfinite_step = jnp.where((state["nonfinite_step"] < 0) & ~finite, step,
+                               state["nonfinite_step"])
+    skipped = state["skipped_steps"]
+    if skip_nonfinite:
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      params = keep(params, state["params"])
+      opt_state = keep(opt_state, state["opt_state"])
+      batch_stats = keep(batch_stats, state["batch_stats"])
+      skipped = skipped + (~finite).astype(jnp.int32)
+    metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
+    new_state = dict(state, step=step, params=params, batch_stats=batch_stats,
+                     opt_state=opt_state, nonfinite_step=nonfinite_step, skipped_steps=skipped)
     return new_state, metrics
 
   if mesh is None:
@@ -331,6 +352,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, meta = ckpt.restore(latest, state)
     print(f"Resuming from checkpoint step {latest} (epoch {meta.get('epoch')}) in {workdir}",
           flush=True)
+  # The best epoch by a validation metric, kept apart from the last N.
+  best_key = config.checkpoint.best_metric
+  best_ckpt = (checkpointing.Checkpointer(os.path.join(workdir, "checkpoints_best"), max_to_keep=1)
+               if best_key else None)
+  best_value = -math.inf
+  if best_ckpt is not None and best_ckpt.latest_step() is not None:
+    best_value = best_ckpt.restore_meta(best_ckpt.latest_step()).get(best_key, -math.inf)
 
   start_step = int(jax.device_get(state["step"]))
   steps_per_epoch = len(train_source) // config.batch_size
@@ -342,6 +370,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   overlay_ids = np.linspace(0, len(val_source) - 1, config.eval.num_overlays).astype(int)
   step_fns = {}
   last_metrics = {}
+  skipped_reported = 0
   batch_sharding = NamedSharding(mesh, P("data"))
 
   if start_step < stop_step:
@@ -351,7 +380,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     batches, _ = input_pipeline.train_iterator(
         train_source, global_batch=config.batch_size, seed=config.seed, start_step=start_step,
         num_steps=stop_step, image_size=ds_cfg.image_size, augment=ds_cfg.augment,
-        num_threads=ds_cfg.num_workers)
+        num_threads=ds_cfg.num_workers, process_index=jax.process_index(),
+        process_count=jax.process_count())
   t_start, steps_timed, t_log, samples_since_log = time.time(), 0, time.time(), 0
   # A live bar on terminals only (disable=None); logs get the ETA in each line.
   bar = tqdm.tqdm(total=stop_step, initial=start_step, unit="step", disable=None,
@@ -360,19 +390,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
     epoch = step // steps_per_epoch
     active = method.teacher_active(epoch, config.method)
     if active not in step_fns:
-      step_fns[active] = make_train_step(graphdef, method, config.method, optimizer, active, mesh)
-    batch = jax.device_put(input_pipeline.device_part(next(batches)), batch_sharding)
+      step_fns[active] = make_train_step(graphdef, method, config.method, optimizer, active, mesh,
+                                         skip_nonfinite=config.nonfinite == "skip")
+    batch = distributed.global_batch(next(batches), mesh, batch_sharding.spec)
     state, metrics = step_fns[active](state, batch)
     samples_since_log += config.batch_size
     steps_timed += 1
     bar.update(1)
 
-    if (step + 1) % config.log_every_steps == 0 or step + 1 == stop_step:
+    epoch_end = (step + 1) % steps_per_epoch == 0
+    save_now = epoch_end or step + 1 == stop_step or (
+        config.checkpoint.every_steps and (step + 1) % config.checkpoint.every_steps == 0)
+    log_now = (step + 1) % config.log_every_steps == 0 or step + 1 == stop_step
+    if log_now or save_now:
+      skipped = _check_finite(state, step + 1, ckpt, config)
+      if skipped > skipped_reported:
+        print(f"warning: {skipped} update(s) with non-finite loss or gradients skipped so far",
+              file=sys.stderr, flush=True)
+        skipped_reported = skipped
+    if log_now:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not all(math.isfinite(v) for v in metrics.values()):
-        last = ckpt.latest_step()
-        raise TrainingError(f"non-finite metrics at step {step + 1}: {metrics}; last good "
-                            f"checkpoint: {'step ' + str(last) if last is not None else 'none'}")
       now = time.time()
       rate = samples_since_log / max(now - t_log, 1e-9)
       eta = (stop_step - step - 1) * (now - t_start) / steps_timed
@@ -382,19 +419,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         f" {rate:.0f} samples/s ETA {_fmt_eta(eta)}")
       t_log, samples_since_log = now, 0
 
-    epoch_end = (step + 1) % steps_per_epoch == 0
     if epoch_end:
       if method.needs_teacher:
         state = refresh_teacher(state)
       if (epoch + 1) % config.eval.every_epochs == 0 or step + 1 == stop_step:
         last_metrics = _evaluate_epoch(val_eval, predict, state, epoch, step + 1, writer,
                                        workdir, overlay_ids, val_source, config)
-    if epoch_end or step + 1 == stop_step or (
-        config.checkpoint.every_steps and (step + 1) % config.checkpoint.every_steps == 0):
-      ckpt.save(step + 1, state, {"step": step + 1, "epoch": epoch,
-                                  "epoch_complete": bool(epoch_end), **last_metrics})
+    if save_now:
+      meta = {"step": step + 1, "epoch": epoch, "epoch_complete": bool(epoch_end),
+              **last_metrics}
+      ckpt.save(step + 1, state, meta)
+      if epoch_end and best_ckpt is not None and last_metrics and best_key not in last_metrics:
+        raise ConfigError(f"config.checkpoint.best_metric={best_key!r} is not a validation "
+                          f"metric; available: {', '.join(sorted(last_metrics))}")
+      if epoch_end and best_ckpt is not None and last_metrics.get(best_key, -math.inf) > best_value:
+        best_value = last_metrics[best_key]
+        best_ckpt.save(step + 1, state, meta)
   bar.close()
   ckpt.wait()
+  if best_ckpt is not None:
+    best_ckpt.close()
 
   result = {"validation": last_metrics}
   if stop_step == total_steps:
@@ -402,6 +446,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                      ds_cfg.test_splits, predict)
   ckpt.close()
   return result
+
+
+def _check_finite(state, step: int, ckpt, config) -> int:
+  """Stop before anything non-finite is evaluated or saved (`nonfinite="stop"`);
+  returns how many updates `nonfinite="skip"` dropped so far."""
+  first_bad, skipped = (int(x) for x in jax.device_get((state["nonfinite_step"],
+                                                        state["skipped_steps"])))
+  if first_bad < 0 or config.nonfinite == "skip":
+    return skipped
+  ckpt.wait()
+  last = ckpt.latest_step()
+  where = (f"the last good checkpoint is step {last} in {ckpt.directory}" if last is not None
+           else "no checkpoint was written")
+  raise TrainingError(
+      f"non-finite loss or gradients at step {first_bad} (detected at step {step}); stopped "
+      f"without saving: {where}. Lower the learning rate, set --config.nonfinite=skip to drop "
+      "such updates, or check the input data")
 
 
 def _evaluate_epoch(val_eval, predict, state, epoch, step, writer, workdir, overlay_ids,
@@ -449,13 +510,16 @@ def evaluate_splits(config, workdir, graphdef, state, name, data_dir, splits,
   return out
 
 
-def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
-  """`--mode=eval`: load a checkpoint (latest by default) and score the test splits."""
+def evaluate_checkpoint(config, workdir: str, step: int | None = None,
+                        best: bool = False) -> dict:
+  """`--mode=eval`: load a checkpoint (the latest, the given `step`, or with
+  `best` the best validation epoch) and score the test splits."""
   workdir = os.path.abspath(workdir)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  directory = os.path.join(workdir, "checkpoints_best" if best else "checkpoints")
+  ckpt = checkpointing.Checkpointer(directory)
   step = ckpt.latest_step() if step is None else step
   if step is None:
-    raise TrainingError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+    raise TrainingError(f"no checkpoint in {directory}")
   name, data_dir = prepare_data(config)
   optimizer = make_optimizer(config)
   graphdef, state = create_train_state(config, optimizer)

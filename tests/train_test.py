@@ -161,7 +161,13 @@ def test_icl_learns_to_localize_on_demo_data(demo_data_dir, tmp_path):
     assert os.path.getsize(os.path.join(workdir, "eval", "test", name)) > 0
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
-  assert sum(r["split"] == "validation" for r in records) == 5
+  val_aucs = {r["step"]: r["auc"] for r in records if r["split"] == "validation"}
+  assert len(val_aucs) == 5
+  # The best validation epoch is kept apart from the last N checkpoints.
+  from soundloc_jax import checkpointing
+  best = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints_best"))
+  assert best.all_steps() == [max(val_aucs, key=val_aucs.get)]
+  best.close()
   assert any(r.get("teacher") for r in records if r["split"] == "train")
   assert len(os.listdir(os.path.join(workdir, "overlays"))) == 5
 
@@ -208,3 +214,61 @@ def test_audio_front_end_must_match_the_dataset(demo_data_dir, tmp_path):
   config = tiny_config(demo_data_dir, **{"audio.n_mels": 32})
   with pytest.raises(train.DatasetError, match="n_mels"):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_nonfinite_step_is_recorded_and_skip_mode_drops_the_update():
+  config = tiny_config("", batch_size=8)
+  optimizer = train.make_optimizer(config)
+  bad = dict(_random_batch(config))
+  bad["spectrogram"] = bad["spectrogram"].at[0, 0, 0].set(jnp.nan)
+  for skip in (False, True):
+    graphdef, state = train.create_train_state(config, optimizer)
+    step = train.make_train_step(graphdef, methods.get("icl"), config.method, optimizer,
+                                 teacher_active=False, skip_nonfinite=skip)
+    state, _ = step(state, _random_batch(config, seed=1))
+    before = jax.tree.map(np.asarray, (state["params"], state["opt_state"]))
+    state, metrics = step(state, bad)
+    assert not np.isfinite(float(metrics["loss"]))
+    assert int(state["nonfinite_step"]) == 2
+    assert int(state["skipped_steps"]) == (1 if skip else 0)
+    if skip:
+      _assert_trees_equal(before, (state["params"], state["opt_state"]))
+      state, metrics = step(state, _random_batch(config, seed=2))  # training goes on
+      assert np.isfinite(float(metrics["loss"]))
+    else:
+      assert not all(np.all(np.isfinite(p)) for p in jax.tree.leaves(state["params"]))
+
+
+def test_nonfinite_loss_stops_without_saving_over_a_good_checkpoint(demo_data_dir, tmp_path,
+                                                                   monkeypatch):
+  calls = {"n": 0}
+  original = train.distributed.global_batch
+
+  def poisoned(batch, *args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 3:  # the batch of step 3
+      batch = dict(batch, spectrogram=np.full_like(batch["spectrogram"], np.nan))
+    return original(batch, *args, **kwargs)
+
+  monkeypatch.setattr(train.distributed, "global_batch", poisoned)
+  config = tiny_config(demo_data_dir, max_steps=6, log_every_steps=5,
+                       **{"checkpoint.every_steps": 2})
+  with pytest.raises(train.TrainingError, match=r"at step 3 .*last good checkpoint is step 2"):
+    train.train_and_evaluate(config, str(tmp_path))
+  from soundloc_jax import checkpointing
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
+  assert ckpt.all_steps() == [2]
+  ckpt.close()
+
+
+@pytest.mark.parametrize("variant", ["full", "vanilla"])
+def test_lvs_baselines_train_through_the_same_loop(demo_data_dir, tmp_path, variant):
+  from configs import lvs
+  c = lvs.get_config(f"variant={variant}")
+  c.dataset.data_dir = demo_data_dir
+  c.model.width, c.batch_size, c.max_steps, c.eval.batch_size = 4, 32, 3, 64
+  result = train.train_and_evaluate(c, str(tmp_path))
+  assert result["validation"] == {}  # stopped before the first epoch end
+  with open(tmp_path / "metrics.jsonl") as f:
+    losses_seen = [json.loads(line)["loss"] for line in f]
+  assert losses_seen and all(np.isfinite(losses_seen))

@@ -1,0 +1,91 @@
+"""Multi-host helpers: process start-up and global batches from per-process data.
+
+One code path for every topology: `train_and_evaluate` builds a 1-D 'data'
+mesh over `jax.devices()` (all devices of all processes), replicates the state
+and shards the batch. With several processes each one reads only its slice
+of every global batch (`input_pipeline.train_iterator(process_index,
+process_count)`), and `global_batch` assembles the slices into global
+`jax.Array`s without any host-to-host copy. With one process both are no-ops
+in effect (`global_batch` equals `jax.device_put(batch, sharding)`).
+
+Start-up, e.g. two processes on one machine (CPU collectives use gloo):
+
+  initialize_from_env_or_flags("localhost:12345", num_processes=2, process_id=i)
+
+or with the arguments left empty, from the environment:
+`SOUNDLOC_COORDINATOR_ADDRESS`, `SOUNDLOC_NUM_PROCESSES`, `SOUNDLOC_PROCESS_ID`
+(or a cluster JAX detects by itself: SLURM, Open MPI, Cloud TPU, ...; set
+`SOUNDLOC_DISTRIBUTED=auto` to ask for that).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from soundloc_jax import input_pipeline
+
+_ENV_ADDRESS = "SOUNDLOC_COORDINATOR_ADDRESS"
+_ENV_NUM = "SOUNDLOC_NUM_PROCESSES"
+_ENV_ID = "SOUNDLOC_PROCESS_ID"
+_ENV_AUTO = "SOUNDLOC_DISTRIBUTED"
+
+
+def initialize_from_env_or_flags(coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
+                                 process_id: int | None = None) -> bool:
+  """`jax.distributed.initialize` when more than one process is asked for.
+
+  Arguments left as None/empty fall back to the SOUNDLOC_* environment
+  variables. Returns True when the distributed runtime was initialised,
+  False for a single-process run (nothing is done then). Must run before
+  any other JAX call that touches devices.
+  """
+  coordinator_address = coordinator_address or os.environ.get(_ENV_ADDRESS) or None
+  if num_processes is None and os.environ.get(_ENV_NUM):
+    num_processes = int(os.environ[_ENV_NUM])
+  if process_id is None and os.environ.get(_ENV_ID):
+    process_id = int(os.environ[_ENV_ID])
+
+  if os.environ.get(_ENV_AUTO, "").lower() == "auto" and coordinator_address is None:
+    jax.distributed.initialize()  # cluster auto-detection
+    return True
+  if num_processes is None or num_processes <= 1:
+    return False
+  if coordinator_address is None or process_id is None:
+    raise ValueError(
+        f"{num_processes} processes need a coordinator address and a process id "
+        f"(arguments or ${_ENV_ADDRESS} / ${_ENV_ID})")
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f"process_id {process_id} is not in [0, {num_processes})")
+  # CPU cross-process collectives (gloo is the default in current jax; set it
+  # explicitly for older versions where the default was "none").
+  try:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, KeyError, ValueError):
+    pass
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+  return True
+
+
+def global_batch(local_batch: dict, mesh, spec=P("data"),
+                 keys=input_pipeline.DEVICE_KEYS) -> dict:
+  """Global `jax.Array`s of `keys` from this process's rows of the batch.
+
+  `local_batch[k]` holds this process's `global_rows / process_count` rows
+  (its contiguous slice, as `train_iterator` reads them); the result has the
+  global leading dimension, sharded per `spec` over `mesh`. Host-only keys
+  are dropped. With one process this is `jax.device_put` of the rows.
+  """
+  sharding = NamedSharding(mesh, spec)
+  out = {}
+  for k in keys:
+    local = np.asarray(local_batch[k])
+    global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
+    out[k] = jax.make_array_from_process_local_data(sharding, local, global_shape)
+  return out
