@@ -23,6 +23,12 @@ _CHECKPOINT_STEP = flags.DEFINE_integer("checkpoint_step", None,
                                         "Checkpoint step for --mode=eval (default: latest).")
 _BEST = flags.DEFINE_bool("best", False, "--mode=eval: use the best validation checkpoint "
                           "(workdir/checkpoints_best) instead of the latest.")
+# Multi-host (one process per host; also $SOUNDLOC_COORDINATOR_ADDRESS,
+# $SOUNDLOC_NUM_PROCESSES, $SOUNDLOC_PROCESS_ID): see soundloc_jax/distributed.py.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for multi-host runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -54,7 +60,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # Imported here so `--help` and flag errors stay fast.
-  from soundloc_jax import train
+  from soundloc_jax import distributed, train
+  distributed.initialize_from_env_or_flags(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                           _PROCESS_ID.value)
   logging.set_verbosity(logging.WARNING)  # orbax / TFDS info lines drown the progress
   from soundloc_jax.errors import UserError
   train.enable_compilation_cache()

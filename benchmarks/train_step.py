@@ -1,0 +1,291 @@
+"""Throughput of the jitted train step on synthetic inputs of the real shapes.
+
+  python benchmarks/train_step.py --config=configs/iterative.py --teacher=on \
+      --batch=128 --dtype=bfloat16            # GPU, paper shapes (224, 257x300, width 64)
+  python benchmarks/train_step.py --batch 8 --image_size 64 --spec 64x63 \
+      --width 16 --dtype float32              # CPU smoke size
+  python benchmarks/train_step.py ... --devices 8   # 8 simulated CPU devices (re-execs)
+  python benchmarks/train_step.py ... --torch       # + a PyTorch peer, side by side
+  python benchmarks/train_step.py ... --profile /tmp/trace   # jax.profiler trace
+
+Prints ONE JSON line. The step is `train.make_train_step` exactly as
+`train_and_evaluate` runs it: a 'data' mesh over all devices, state
+replicated and donated, batch sharded, the full step (student forward and
+backward, the frozen teacher's forward when --teacher=on, Adam update).
+
+Fields: samples_per_s and ms_per_step (median over --steps timed steps after
+--warmup steps, each synchronised with block_until_ready), compile_s
+(lower + compile), peak_memory_bytes (device 0's memory_stats()
+peak_bytes_in_use; null where the backend has none, e.g. CPU),
+flops_per_step (XLA cost_analysis of the compiled step: the per-device
+program, which is the whole step on one device; flops_per_step_all_devices
+multiplies by the device count), mfu = flops_per_step /
+(step time * per-device peak) with the peak named in peak_name (null on CPU
+and unknown devices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Dense per-device peaks, FLOP/s: (device_kind substring, dtype) -> (peak, name).
+# float32 matmuls run as TF32 on these GPUs under JAX's default precision.
+PEAKS = [
+    ("H200", "bfloat16", 989e12, "H200 dense bf16 989 TFLOP/s (same compute as H100 SXM)"),
+    ("H200", "float32", 494.5e12, "H200 dense TF32 494.5 TFLOP/s"),
+    ("H100 PCIe", "bfloat16", 756e12, "H100 PCIe dense bf16 756 TFLOP/s"),
+    ("H100 PCIe", "float32", 378e12, "H100 PCIe dense TF32 378 TFLOP/s"),
+    ("H100", "bfloat16", 989e12, "H100 SXM dense bf16 989 TFLOP/s"),
+    ("H100", "float32", 494.5e12, "H100 SXM dense TF32 494.5 TFLOP/s"),
+    ("A100", "bfloat16", 312e12, "A100 dense bf16 312 TFLOP/s"),
+    ("A100", "float32", 156e12, "A100 dense TF32 156 TFLOP/s"),
+]
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", default="configs/iterative.py",
+                 help="config file[:arg] (method, optimizer and model defaults)")
+  p.add_argument("--teacher", choices=("on", "off"), default="on",
+                 help="on: the frozen teacher's forward runs in the step (ICL Eq. 7); "
+                      "off: initialisation epochs (Eq. 3)")
+  p.add_argument("--batch", type=int, default=128, help="global batch")
+  p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--spec", default="257x300", help="spectrogram FxT")
+  p.add_argument("--width", type=int, default=64, help="ResNet-18 base width")
+  p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                 help="model compute dtype (params stay float32)")
+  p.add_argument("--steps", type=int, default=20, help="timed steps")
+  p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+  p.add_argument("--profile", default="", help="write a jax.profiler trace of 3 steps here")
+  p.add_argument("--devices", type=int, default=0,
+                 help="CPU only: simulate N devices (re-execs with XLA_FLAGS)")
+  p.add_argument("--torch", action="store_true",
+                 help="also time a PyTorch peer (torchvision ResNet-18 x2 + Eq. 3)")
+  return p.parse_args(argv)
+
+
+def maybe_reexec(args):
+  """`--devices N`: restart with N simulated host devices (fixed at JAX start-up)."""
+  flag = f"--xla_force_host_platform_device_count={args.devices}"
+  if args.devices and flag not in os.environ.get("XLA_FLAGS", ""):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flag).strip())
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
+
+
+def load_config(spec: str):
+  path, _, arg = spec.partition(":")
+  if not os.path.isabs(path):
+    path = os.path.join(REPO, path)
+  module_spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def peak_flops(device_kind: str, platform: str, dtype: str):
+  if platform == "gpu" or "NVIDIA" in device_kind:
+    for key, dt, peak, name in PEAKS:
+      if key in device_kind and dt == dtype:
+        return peak, name
+  return None, None
+
+
+def flops_of(compiled):
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # some backends do not implement it
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost:
+    return None
+  flops = cost.get("flops")
+  return float(flops) if flops is not None and flops >= 0 else None
+
+
+def time_steps(run_step, n):
+  times = []
+  for _ in range(n):
+    t0 = time.perf_counter()
+    run_step()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def bench_jax(args, config):
+  import jax
+  import numpy as np
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from soundloc_jax import methods, train
+
+  f, t = (int(x) for x in args.spec.lower().split("x"))
+  n_dev = jax.device_count()
+  if args.batch % n_dev:
+    raise SystemExit(f"--batch {args.batch} is not divisible by {n_dev} devices")
+  mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  optimizer = train.make_optimizer(config)
+  graphdef, state = train.create_train_state(config, optimizer)
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (args.batch, args.image_size, args.image_size, 3),
+                                 dtype=np.uint8),
+           "spectrogram": rng.normal(size=(args.batch, f, t)).astype(np.float32)}
+  batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
+  step = train.make_train_step(graphdef, methods.get(config.method.name), config.method,
+                               optimizer, args.teacher == "on", mesh)
+
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  flops = flops_of(compiled)
+
+  holder = {"state": state}
+
+  def run_step():
+    holder["state"], metrics = compiled(holder["state"], batch)
+    jax.block_until_ready((holder["state"], metrics))
+    return metrics
+
+  for _ in range(args.warmup):
+    metrics = run_step()
+  times = time_steps(run_step, args.steps)
+  loss = float(jax.device_get(run_step()["loss"]))
+  if args.profile:
+    with jax.profiler.trace(args.profile):
+      for _ in range(3):
+        run_step()
+
+  step_s = statistics.median(times)
+  device = jax.local_devices()[0]
+  try:
+    stats = device.memory_stats() or {}
+  except Exception:
+    stats = {}
+  peak, peak_name = peak_flops(device.device_kind, device.platform, args.dtype)
+  del metrics
+  return {
+      "framework": "jax", "jax": jax.__version__, "device": device.device_kind,
+      "platform": device.platform, "devices": n_dev,
+      "method": config.method.name, "teacher": args.teacher, "batch": args.batch,
+      "image_size": args.image_size, "spec": [f, t], "width": args.width, "dtype": args.dtype,
+      "samples_per_s": args.batch / step_s, "ms_per_step": 1e3 * step_s,
+      "ms_per_sample": 1e3 * step_s / args.batch,
+      "ms_per_step_min": 1e3 * min(times), "timed_steps": len(times),
+      "compile_s": compile_s,
+      "peak_memory_bytes": stats.get("peak_bytes_in_use"),
+      "flops_per_step": flops,
+      "flops_per_step_all_devices": flops * n_dev if flops else None,
+      "mfu": flops / step_s / peak if (flops and peak) else None,
+      "peak_flops": peak, "peak_name": peak_name, "final_loss": loss,
+      "profile": args.profile or None,
+  }
+
+
+def bench_torch(args):
+  """PyTorch peer: torchvision ResNet-18 trunks (visual layer4 stride 1, audio
+  1-channel stem), ICL Eq. 3 loss, Adam; bf16 via autocast on CUDA."""
+  try:
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+  except ImportError as e:
+    print(f"--torch: skipped, PyTorch/torchvision not importable ({e})", file=sys.stderr)
+    return {"skipped": f"torch not importable: {e}"}
+
+  dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  f, t = (int(x) for x in args.spec.lower().split("x"))
+
+  def trunk(in_ch, layer4_stride):
+    net = torchvision.models.resnet18(weights=None)
+    if in_ch != 3:
+      net.conv1 = torch.nn.Conv2d(in_ch, 64, 7, 2, 3, bias=False)
+    if layer4_stride == 1:
+      net.layer4[0].conv1.stride = (1, 1)
+      net.layer4[0].downsample[0].stride = (1, 1)
+    return torch.nn.Sequential(*list(net.children())[:-2])  # drop avgpool, fc
+
+  class AV(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.visual, self.audio = trunk(3, 1), trunk(1, 2)
+
+    def forward(self, image, spec):
+      v = F.normalize(self.visual(image), dim=1)                    # [B, d, h, w]
+      a = F.normalize(self.audio(spec[:, None]).mean(dim=(2, 3)), dim=1)  # [B, d]
+      return v, a
+
+  model = AV().to(dev).to(memory_format=torch.channels_last)
+  teacher = AV().to(dev).to(memory_format=torch.channels_last).eval()
+  for p in teacher.parameters():
+    p.requires_grad_(False)
+  opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+  image = torch.randn(args.batch, 3, args.image_size, args.image_size, device=dev)
+  image = image.to(memory_format=torch.channels_last)
+  spec = torch.randn(args.batch, f, t, device=dev)
+  target = torch.arange(args.batch, device=dev)
+  use_bf16 = args.dtype == "bfloat16" and dev.type == "cuda"
+
+  def step():
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+      if args.teacher == "on":
+        with torch.no_grad():
+          teacher(image, spec)
+      v, a = model(image, spec)
+      logits = v.float().mean(dim=(2, 3)) @ a.float().T / 0.07   # Eq. 3
+      loss = F.cross_entropy(logits, target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+  sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+  def run_step():
+    step()
+    sync()
+
+  for _ in range(args.warmup):
+    run_step()
+  times = time_steps(run_step, args.steps)
+  step_s = statistics.median(times)
+  return {"framework": "torch", "torch": torch.__version__, "device": str(dev),
+          "width": 64, "bf16_autocast": use_bf16, "channels_last": True, "loss": "Eq. 3",
+          "teacher_forward": args.teacher == "on",
+          "samples_per_s": args.batch / step_s, "ms_per_step": 1e3 * step_s}
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  maybe_reexec(args)
+  if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+  config = load_config(args.config)
+  config.model.width = args.width
+  config.model.compute_dtype = args.dtype
+  config.batch_size = args.batch
+  config.dataset.image_size = args.image_size
+  result = bench_jax(args, config)
+  if args.torch:
+    peer = bench_torch(args)
+    if args.width != 64 and "skipped" not in peer:
+      peer["note"] = f"torchvision ResNet-18 has width 64; the JAX model used {args.width}"
+    result["torch"] = peer
+    if "samples_per_s" in peer:
+      result["speedup_vs_torch"] = result["samples_per_s"] / peer["samples_per_s"]
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  main()
