@@ -27,6 +27,38 @@ def audio_config(params: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({k: params.get(k, v) for k, v in _AUDIO_FILL.items()})
 
 
+def parse_config_arg(arg: str, *, config_file: str, presets, choices: dict) -> tuple[str, dict]:
+  """`'PRESET,key=value,...'` (the text after `:` in `--config=FILE:ARG`) ->
+  `(preset, {key: value})`, checked: `presets` are the known preset names
+  ("" = the demo), `choices` maps each option to `(default, allowed values)`.
+  Anything unknown is a ValueError naming the file, the value and what exists.
+  """
+  preset, given = "", {}
+  for i, part in enumerate(p.strip() for p in (arg or "").split(",")):
+    if "=" in part:
+      key, value = part.split("=", 1)
+      given[key.strip()] = value.strip()
+    elif i == 0:
+      preset = part
+    elif part:
+      raise ValueError(f"{config_file}: config arg {arg!r}: '{part}' is not of the form key=value")
+  if preset not in presets:
+    raise ValueError(f"{config_file}: unknown preset {preset!r}; available: "
+                     + ", ".join(repr(p) + (" (the av_digits demo)" if not p else "")
+                                 for p in presets))
+  unknown = sorted(set(given) - set(choices))
+  if unknown:
+    raise ValueError(f"{config_file}: unknown option(s) {unknown}; available: "
+                     f"{', '.join(choices)}")
+  options = {}
+  for key, (default_value, allowed) in choices.items():
+    options[key] = given.get(key, default_value)
+    if options[key] not in allowed:
+      raise ValueError(f"{config_file}: unknown {key} {options[key]!r}; "
+                       f"available: {', '.join(allowed)}")
+  return preset, options
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   del arg
   c = ml_collections.ConfigDict()

@@ -38,34 +38,10 @@ ABLATIONS = {
 PRESETS = ("",)
 
 
-def parse_arg(arg: str) -> tuple[str, dict]:
-  """'preset,key=value,...' -> (preset, {key: value}); preset may be empty."""
-  preset, options = "", {}
-  for i, part in enumerate(p.strip() for p in (arg or "").split(",")):
-    if "=" in part:
-      key, value = part.split("=", 1)
-      options[key.strip()] = value.strip()
-    elif i == 0:
-      preset = part
-    elif part:
-      raise ValueError(f"config arg {arg!r}: '{part}' is not of the form key=value")
-  return preset, options
-
-
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  preset, options = parse_arg(arg)
-  if preset not in PRESETS:
-    raise ValueError(f"configs/iterative.py: unknown preset {preset!r}; available: "
-                     + ", ".join(repr(p) + (" (the av_digits demo)" if not p else "")
-                                 for p in PRESETS))
-  unknown = set(options) - {"ablation"}
-  if unknown:
-    raise ValueError(f"configs/iterative.py: unknown option(s) {sorted(unknown)}; "
-                     "available: ablation")
-  ablation = options.get("ablation", "full")
-  if ablation not in ABLATIONS:
-    raise ValueError(f"configs/iterative.py: unknown ablation {ablation!r}; "
-                     f"available: {', '.join(ABLATIONS)}")
+  _, options = default.parse_config_arg(arg, config_file="configs/iterative.py",
+                                        presets=PRESETS, choices={"ablation": ("full", ABLATIONS)})
+  ablation = options["ablation"]
 
   c = default.get_config()
   c.method = ml_collections.ConfigDict()

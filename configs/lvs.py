@@ -18,25 +18,15 @@ Values (the loss rules are in `soundloc_jax/lvs_losses.py`):
 import ml_collections
 
 from configs import default
-from configs.iterative import parse_arg
 
 VARIANTS = {"full": "lvs", "vanilla": "lvs_vanilla"}
 PRESETS = ("",)
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  preset, options = parse_arg(arg)
-  if preset not in PRESETS:
-    raise ValueError(f"configs/lvs.py: unknown preset {preset!r}; available: "
-                     + ", ".join(repr(p) + (" (the av_digits demo)" if not p else "")
-                                 for p in PRESETS))
-  unknown = set(options) - {"variant"}
-  if unknown:
-    raise ValueError(f"configs/lvs.py: unknown option(s) {sorted(unknown)}; available: variant")
-  variant = options.get("variant", "full")
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/lvs.py: unknown variant {variant!r}; "
-                     f"available: {', '.join(VARIANTS)}")
+  _, options = default.parse_config_arg(arg, config_file="configs/lvs.py", presets=PRESETS,
+                                        choices={"variant": ("full", VARIANTS)})
+  variant = options["variant"]
 
   c = default.get_config()
   c.method = ml_collections.ConfigDict()
