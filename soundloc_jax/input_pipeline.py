@@ -7,7 +7,8 @@ Batch contract (every dataset builder's examples are mapped to this):
   * `box`          float32 `[B, 4]`        demo data: sounding box [x0, y0, x1, y1] in
                                            input pixels, half-open (eval splits)
   * `index`        int64   `[B]`           position in the split (host only)
-Keys listed in `HOST_KEYS` stay on the host; the rest go to the device.
+Only `DEVICE_KEYS` are sent to the device (`distributed.global_batch`); the
+rest stay on the host.
 
 Epochs: an epoch is `steps_per_epoch = N // global_batch` steps over a fresh
 permutation of the split (seeded by `(seed, epoch)`), dropping the remainder,
@@ -21,12 +22,12 @@ of every global batch (`process_index`, `process_count`).
 from __future__ import annotations
 
 import functools
+
 import grain
 import numpy as np
 
 from soundloc_jax.errors import DatasetError
 
-HOST_KEYS = ("id", "box", "index", "label", "present")
 DEVICE_KEYS = ("image", "spectrogram")
 
 
@@ -161,8 +162,4 @@ def eval_batches(source, *, batch_size: int, image_size: int, num_threads: int =
   for b, batch in enumerate(ds.to_iter_dataset(options)):
     batch["valid"] = np.arange(b * batch_size, (b + 1) * batch_size) < n
     yield batch
-
-
-def device_part(batch: dict) -> dict:
-  return {k: batch[k] for k in DEVICE_KEYS}
 
