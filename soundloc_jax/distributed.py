@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from soundloc_jax import input_pipeline
+from soundloc_jax.errors import ConfigError
 
 _ENV_ADDRESS = "SOUNDLOC_COORDINATOR_ADDRESS"
 _ENV_NUM = "SOUNDLOC_NUM_PROCESSES"
@@ -57,17 +58,13 @@ def initialize_from_env_or_flags(coordinator_address: str | None = None,
   if num_processes is None or num_processes <= 1:
     return False
   if coordinator_address is None or process_id is None:
-    raise ValueError(
+    raise ConfigError(
         f"{num_processes} processes need a coordinator address and a process id "
         f"(arguments or ${_ENV_ADDRESS} / ${_ENV_ID})")
   if not 0 <= process_id < num_processes:
-    raise ValueError(f"process_id {process_id} is not in [0, {num_processes})")
-  # CPU cross-process collectives (gloo is the default in current jax; set it
-  # explicitly for older versions where the default was "none").
-  try:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  except (AttributeError, KeyError, ValueError):
-    pass
+    raise ConfigError(f"process_id {process_id} is not in [0, {num_processes})")
+  # CPU cross-process collectives: gloo (explicit, in case the default changes).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
   return True

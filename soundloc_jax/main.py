@@ -61,12 +61,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # Imported here so `--help` and flag errors stay fast.
   from soundloc_jax import distributed, train
-  distributed.initialize_from_env_or_flags(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                           _PROCESS_ID.value)
-  logging.set_verbosity(logging.WARNING)  # orbax / TFDS info lines drown the progress
   from soundloc_jax.errors import UserError
+  logging.set_verbosity(logging.WARNING)  # orbax / TFDS info lines drown the progress
   train.enable_compilation_cache()
   try:
+    distributed.initialize_from_env_or_flags(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                             _PROCESS_ID.value)
     if _MODE.value == "train":
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:
