@@ -286,10 +286,7 @@ class Localizer:
   def model_image(self, image) -> np.ndarray:
     """The uint8 `[S, S, 3]` model input for `image` (the test transform)."""
     from soundloc_jax import input_pipeline
-    image = to_rgb_uint8(image)
-    s = self.image_size
-    if image.shape[0] != s or image.shape[1] != s:
-      image = input_pipeline.center_crop_resize(image, s)
+    image = input_pipeline.eval_image(to_rgb_uint8(image), self.image_size)
     return np.ascontiguousarray(image, dtype=np.uint8)
 
   def spectrogram(self, waveform, sample_rate) -> np.ndarray:

@@ -50,10 +50,7 @@ def preprocess(example: dict, *, image_size: int, augment: bool, rng: np.random.
   image = np.asarray(example["image"])
   if image.ndim == 2:
     image = np.repeat(image[..., None], 3, axis=-1)
-  if augment:
-    image = augment_image(image, image_size, rng)
-  elif image.shape[0] != image_size or image.shape[1] != image_size:
-    image = center_crop_resize(image, image_size)
+  image = augment_image(image, image_size, rng) if augment else eval_image(image, image_size)
   out = {
       "image": np.ascontiguousarray(image, dtype=np.uint8),
       "spectrogram": np.asarray(example["spectrogram"], dtype=np.float32),
@@ -76,6 +73,14 @@ def _resize_shorter(image: np.ndarray, shorter: int) -> np.ndarray:
   from PIL import Image
   rh, rw = resized_shape(image.shape[0], image.shape[1], shorter)
   return np.asarray(Image.fromarray(image).resize((rw, rh), Image.BICUBIC))
+
+
+def eval_image(image: np.ndarray, size: int) -> np.ndarray:
+  """The model input at evaluation and inference: an RGB uint8 image already
+  `size` x `size` is used as is, any other goes through `center_crop_resize`."""
+  if image.shape[0] != size or image.shape[1] != size:
+    image = center_crop_resize(image, size)
+  return image
 
 
 def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:

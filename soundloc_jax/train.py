@@ -249,12 +249,19 @@ def check_audio_matches(name: str, data_dir: str, config) -> None:
   if recorded is None:
     return
   expected = audio_lib.params_dict(config.audio)
-  recorded = {k: recorded[k] for k in expected if k in recorded}
-  if any(not math.isclose(float(recorded[k]), float(v)) if isinstance(v, (int, float))
-         else recorded[k] != v for k, v in expected.items() if k in recorded):
+
+  def same(a, b):
+    if isinstance(b, (int, float)):
+      return math.isclose(float(a), float(b))
+    return a == b
+
+  differ = [k for k, v in expected.items() if k in recorded and not same(recorded[k], v)]
+  if differ:
     raise DatasetError(
-        f"dataset {name!r} was built with audio front end {recorded}, but config.audio is "
-        f"{expected}; set --config.audio.* to match or rebuild the dataset")
+        f"dataset {name!r} was built with audio front end "
+        f"{ {k: recorded[k] for k in expected if k in recorded} }, but config.audio is "
+        f"{expected} (differs in {', '.join(differ)}); set --config.audio.* to match or "
+        "rebuild the dataset")
 
 
 def write_run_info(workdir: str, config, fingerprint: dict) -> None:
