@@ -1,0 +1,93 @@
+"""HardPos loss (Senocak et al., "Learning Sound Localization Better from
+Semantically Similar Samples", Eq. 5-6) as one pure, batched jnp function:
+whole batches, masks instead of gathers, no Python loop over samples, float32
+arithmetic whatever the compute dtype.
+
+Inputs (the model contract of `models.av_model`, reshaped by the method to
+the neighbour layout of `input_pipeline.train_iterator`):
+  `visual_features` [B, 2, h, w, d]  slot 0: base image V_i, slot 1: the
+                                     sampled visual neighbour's image V_k
+  `audio_embedding` [B, 2, d]        slot 0: base audio A_i, slot 1: the
+                                     sampled audio neighbour's audio A_j
+  `negative_mask`   [B, B] bool      [i, l]: base image l is a negative of row i
+Every feature is L2-normalised, so alpha(A, V) = <A, V[u, v]> is Eq. 2's
+cosine map. The paper's index order is kept: alpha_xy pairs AUDIO x with
+IMAGE y, and row i of the contrastive problem is the base audio A_i.
+
+Interpretation choices (the paper leaves these open):
+* The four positives of row i use only what Eq. 5 names: P_b = (A_i, V_i),
+  P_a = (A_j, V_i), P_v = (A_i, V_k), P_c = (A_j, V_k), with ONE neighbour j
+  drawn from P_iA and ONE k from P_iV per row and step (a sampled estimate of
+  the sets; the audio neighbour's image and the visual neighbour's audio are
+  never used, so the pipeline does not load them).
+* Each positive is the masked response <m, alpha>/|m| with its OWN soft mask
+  m = sigmoid((alpha - epsilon) / mask_tau) of the same map (Eq. 3, raw
+  cosine, epsilon = 0.65, mask_tau = 0.03), |m| = sum of mask values; not
+  stop-gradiented (as LVS). Computed as sum softmax(log m) * alpha, which is
+  exactly that ratio but cannot divide by zero when every mask value underflows.
+* Negatives N_i are the batch's BASE images l with `negative_mask[i, l]`,
+  scored by the plain spatial mean of alpha(A_i, V_l) (Eq. 5). Eq. 4's
+  complement of P_iA u P_iV would contain i itself; the base pair is the
+  positive, so the host-built mask must exclude l = i as well (the pipeline's
+  does). The neighbours' images are not negatives of other rows.
+* Temperature: Eq. 5-6 show none; every logit (the four positives and the
+  negatives) is divided by `temperature` (default 0.07, as LVS's code), i.e.
+  P_i = sum_x exp(P_x / T), N_i = sum_l exp(mean alpha_il / T).
+* L = mean_i [logsumexp(all logits of row i) - logsumexp(the 4 positive
+  logits)] = -mean_i log(P_i / (P_i + N_i)) (Eq. 6). A row without negatives
+  contributes exactly 0.
+
+`aux` holds scalar diagnostics: the mean base response P_b, the mean of the
+three hard-positive responses, the mean negative score over masked-in pairs,
+and the mean number of negatives per row.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from soundloc_jax.lvs_losses import masked_response
+
+
+def positive_responses(visual_features, audio_embedding, *, epsilon=0.65, mask_tau=0.03):
+  """`[B, 4]` masked responses in the order (P_b, P_a, P_v, P_c) (module docstring)."""
+  v = visual_features.astype(jnp.float32)
+  a = audio_embedding.astype(jnp.float32)
+  # maps[b, t, s] = alpha(audio slot t, image slot s) of row b.
+  maps = jnp.einsum("bshwd,btd->btshw", v, a)
+  pos = masked_response(maps, jax.nn.log_sigmoid((maps - epsilon) / mask_tau))  # [B, t, s]
+  # (t, s): (0, 0) = P_b, (1, 0) = P_a, (0, 1) = P_v, (1, 1) = P_c.
+  return jnp.stack([pos[:, 0, 0], pos[:, 1, 0], pos[:, 0, 1], pos[:, 1, 1]], axis=1)
+
+
+def negative_scores(visual_features, audio_embedding):
+  """`[B, B]`: [i, l] = spatial mean of alpha(A_i, V_l) over the base images."""
+  base_image = visual_features[:, 0].astype(jnp.float32)
+  base_audio = audio_embedding[:, 0].astype(jnp.float32)
+  # The mean over patches commutes with the dot product.
+  return jnp.einsum("ld,id->il", jnp.mean(base_image, axis=(1, 2)), base_audio)
+
+
+def hardpos_loss(visual_features, audio_embedding, negative_mask, *, epsilon=0.65,
+                 mask_tau=0.03, temperature=0.07):
+  """HardPos Eq. 5-6 (rules in the module docstring). Returns `(loss, aux)`."""
+  positives = positive_responses(visual_features, audio_embedding, epsilon=epsilon,
+                                 mask_tau=mask_tau)
+  negatives = negative_scores(visual_features, audio_embedding)
+  mask = negative_mask.astype(bool)
+  neg_inf = jnp.finfo(jnp.float32).min
+  negative_logits = jnp.where(mask, negatives / temperature, neg_inf)
+  positive_logits = positives / temperature
+  all_logits = jnp.concatenate([positive_logits, negative_logits], axis=1)
+  per_row = jax.nn.logsumexp(all_logits, axis=1) - jax.nn.logsumexp(positive_logits, axis=1)
+  loss = jnp.mean(per_row)
+
+  maskf = mask.astype(jnp.float32)
+  aux = {
+      "positive_response": jnp.mean(positives[:, 0]),
+      "hard_positive_response": jnp.mean(positives[:, 1:]),
+      "negative_response": jnp.sum(negatives * maskf) / jnp.maximum(jnp.sum(maskf), 1.0),
+      "negatives_per_row": jnp.mean(jnp.sum(maskf, axis=1)),
+  }
+  return loss, aux

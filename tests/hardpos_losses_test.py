@@ -1,0 +1,142 @@
+"""hardpos_losses vs a slow float64 reference written straight from Eq. 2, 3, 5, 6.
+
+The reference loops over rows and patches in NumPy float64, forms each soft
+mask and each ratio <m, alpha>/|m| literally, sums exp() of the positives and
+of the masked-in negatives, and takes -mean log(P / (P + N)).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from soundloc_jax import hardpos_losses
+
+EPS, MASK_TAU, TEMP = 0.65, 0.03, 0.07
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + math.exp(-x))
+
+
+def _alpha(audio, image):
+  """Eq. 2 for L2-normalised inputs: [h, w] cosine map, as nested Python floats."""
+  h, w, _ = image.shape
+  return [[float(np.dot(audio, image[u, v])) for v in range(w)] for u in range(h)]
+
+
+def _masked(alpha, epsilon, mask_tau):
+  num = den = 0.0
+  for row in alpha:
+    for value in row:
+      m = _sigmoid((value - epsilon) / mask_tau)
+      num += m * value
+      den += m
+  return num / den
+
+
+def _mean(alpha):
+  values = [v for row in alpha for v in row]
+  return sum(values) / len(values)
+
+
+def reference_loss(visual, audio, negative_mask, epsilon=EPS, mask_tau=MASK_TAU, temperature=TEMP):
+  visual = np.asarray(visual, np.float64)
+  audio = np.asarray(audio, np.float64)
+  batch = visual.shape[0]
+  total = 0.0
+  for i in range(batch):
+    base_audio, neighbour_audio = audio[i, 0], audio[i, 1]  # A_i, A_j
+    base_image, neighbour_image = visual[i, 0], visual[i, 1]  # V_i, V_k
+    p_b = _masked(_alpha(base_audio, base_image), epsilon, mask_tau)
+    p_a = _masked(_alpha(neighbour_audio, base_image), epsilon, mask_tau)
+    p_v = _masked(_alpha(base_audio, neighbour_image), epsilon, mask_tau)
+    p_c = _masked(_alpha(neighbour_audio, neighbour_image), epsilon, mask_tau)
+    positive = sum(math.exp(p / temperature) for p in (p_b, p_a, p_v, p_c))
+    negative = 0.0
+    for l in range(batch):
+      if negative_mask[i][l]:
+        negative += math.exp(_mean(_alpha(base_audio, visual[l, 0])) / temperature)
+    total += -math.log(positive / (positive + negative))
+  return total / batch
+
+
+def _normalize(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def random_case(seed, batch=5, h=3, w=3, d=6):
+  """Features where many patches are close to an audio (cosine above epsilon)
+  and others are not, so the soft masks are neither all ~1 nor all ~0."""
+  rng = np.random.default_rng(seed)
+  audio = _normalize(rng.normal(size=(batch, 2, d)))
+  visual = rng.normal(size=(batch, 2, h, w, d))
+  # Plant sounding patches: a patch of image slot s near row b's audio slot t.
+  planted = rng.random((batch, 2, h, w)) < rng.uniform(0.0, 0.6)
+  source = audio[:, rng.integers(0, 2, size=2)]  # [B, 2 image slots, d]
+  noise = rng.uniform(0.05, 0.8)
+  visual = np.where(planted[..., None],
+                    source[:, :, None, None, :] + noise * rng.normal(size=visual.shape), visual)
+  visual = _normalize(visual)
+  kind = seed % 4
+  if kind == 0:
+    mask = rng.random((batch, batch)) < 0.6
+  elif kind == 1:  # some rows without any negative, some columns never used
+    mask = rng.random((batch, batch)) < 0.7
+    mask[rng.integers(batch)] = False
+    mask[:, rng.integers(batch)] = False
+  elif kind == 2:  # everything but the diagonal
+    mask = ~np.eye(batch, dtype=bool)
+  else:
+    mask = np.zeros((batch, batch), bool)
+    mask[0, 1:] = True
+  np.fill_diagonal(mask, False)
+  return visual.astype(np.float32), audio.astype(np.float32), mask
+
+
+def test_loss_matches_reference_on_many_random_cases():
+  loss_fn = jax.jit(hardpos_losses.hardpos_loss)
+  for seed in range(80):  # masks: random, empty rows / unused columns, all, one row
+    visual, audio, mask = random_case(seed, batch=3 + seed % 5)
+    loss, aux = loss_fn(visual, audio, mask)
+    expected = reference_loss(visual, audio, mask)
+    np.testing.assert_allclose(float(loss), expected, rtol=2e-5, atol=2e-6, err_msg=f"seed {seed}")
+    assert float(aux["negatives_per_row"]) == pytest.approx(mask.sum(1).mean())
+
+
+def test_row_without_negatives_contributes_zero_and_all_masked_is_zero():
+  visual, audio, mask = random_case(7)
+  loss, _ = hardpos_losses.hardpos_loss(visual, audio, np.zeros_like(mask))
+  assert float(loss) == 0.0
+  assert reference_loss(visual, audio, np.zeros_like(mask)) == 0.0
+
+
+def test_other_hyperparameters_and_bfloat16_inputs_stay_float32():
+  visual, audio, mask = random_case(3)
+  kwargs = dict(epsilon=0.3, mask_tau=0.1, temperature=0.5)
+  loss, _ = hardpos_losses.hardpos_loss(visual, audio, mask, **kwargs)
+  np.testing.assert_allclose(float(loss), reference_loss(visual, audio, mask, **kwargs),
+                             rtol=2e-5, atol=2e-6)
+  loss16, aux = hardpos_losses.hardpos_loss(jnp.asarray(visual, jnp.bfloat16),
+                                            jnp.asarray(audio, jnp.bfloat16), mask)
+  assert loss16.dtype == jnp.float32
+  assert all(v.dtype == jnp.float32 for v in aux.values())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gradients_match_finite_differences_of_reference(seed):
+  visual, audio, mask = random_case(100 + seed, batch=4, h=2, w=2, d=5)
+  grad_v, grad_a = jax.grad(lambda v, a: hardpos_losses.hardpos_loss(v, a, mask)[0],
+                            argnums=(0, 1))(visual, audio)
+  rng = np.random.default_rng(seed)
+  for _ in range(3):
+    dv = rng.normal(size=visual.shape)
+    da = rng.normal(size=audio.shape)
+    step = 1e-6
+    fd = (reference_loss(visual + step * dv, audio + step * da, mask)
+          - reference_loss(visual - step * dv, audio - step * da, mask)) / (2 * step)
+    analytic = float(np.sum(np.asarray(grad_v, np.float64) * dv)
+                     + np.sum(np.asarray(grad_a, np.float64) * da))
+    np.testing.assert_allclose(analytic, fd, rtol=2e-3, atol=2e-4)
