@@ -7,7 +7,10 @@ The data position is the step itself (see `input_pipeline`), so restoring
 the state restores the input stream exactly.
 
 Orbax writes each step into a temporary folder and renames it when complete,
-so a crash mid-write leaves no checkpoint that `latest_step` would pick up.
+so a crash mid-write leaves no checkpoint that `latest_step` would pick up
+(a `<step>.orbax-checkpoint-tmp-*` folder, ignored). A folder damaged by hand
+or by a disk fault IS listed; `inference.restore_checkpoint` (the one restore
+path) names it, and resuming (`train.restore_latest_readable`) moves it aside.
 Saves are asynchronous; `wait()` before reading them back or exiting.
 """
 
@@ -48,6 +51,10 @@ class Checkpointer:
 
   def restore_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def reload(self) -> None:
+    """Forget the cached step list (after step folders were moved by hand or by us)."""
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -55,6 +55,10 @@ class CheckpointMismatchError(WorkdirError):
   """The checkpoint does not fit the model that config.json describes."""
 
 
+class CorruptCheckpointError(WorkdirError):
+  """A checkpoint folder orbax lists but cannot read (truncated, edited, half-deleted)."""
+
+
 class InputError(UserError, ValueError):
   """An image or waveform that cannot be localized (wrong shape, dtype, empty)."""
 
@@ -227,8 +231,9 @@ def _field_for(path: str) -> str:
 
 
 def _diagnose_mismatch(state_dir: str, abstract_state, config,
-                       structure: bool = True) -> str | None:
-  """A sentence naming what differs between the checkpoint and config.json, or None.
+                       structure: bool = True, source: str = "config.json") -> str | None:
+  """A sentence naming what differs between the checkpoint and `source` (the
+  config's name in the message), or None.
 
   Shapes are compared always; with `structure`, entries present on one side
   only as well (used once a restore has failed: empty optimizer states show
@@ -246,7 +251,7 @@ def _diagnose_mismatch(state_dir: str, abstract_state, config,
   conv1 = stored.get("params.visual.conv1.kernel")
   width = conv1[-1] if conv1 else None
   if width is not None and width != config.model.width:
-    return (f"the checkpoint was trained with model.width={width}, but config.json "
+    return (f"the checkpoint was trained with model.width={width}, but {source} "
             f"says model.width={config.model.width}")
   checks = [("shape differs", sorted(k for k in set(wanted) & set(stored)
                                      if wanted[k] != stored[k]))]
@@ -259,7 +264,7 @@ def _diagnose_mismatch(state_dir: str, abstract_state, config,
       detail = (f" (checkpoint {stored[first]}, model {wanted[first]})"
                 if label == "shape differs" else "")
       return (f"{len(paths)} entr{'y' if len(paths) == 1 else 'ies'} {label}, e.g. {first}"
-              f"{detail}; check config.json's {_field_for(first)}")
+              f"{detail}; check {source}'s {_field_for(first)}")
   return None
 
 
@@ -326,7 +331,7 @@ class Localizer:
 
 def load(workdir: str, step: int | None = None) -> Localizer:
   """The student of `workdir`'s checkpoint `step` (latest by default)."""
-  from soundloc_jax import checkpointing, train
+  from soundloc_jax import train
   if not workdir:
     raise WorkdirError("no workdir given")
   workdir = os.path.abspath(os.path.expanduser(str(workdir)))
@@ -349,6 +354,23 @@ def load(workdir: str, step: int | None = None) -> Localizer:
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     raise WorkdirError(f"{config_json} does not describe a model this version can build "
                        f"({type(e).__name__}: {e})") from e
+  state, meta, step = restore_checkpoint(ckpt_dir, config, abstract, step=step,
+                                         source=config_json)
+  params, batch_stats = state["params"], state["batch_stats"]
+  del state, abstract
+  return Localizer(config, graphdef, params, batch_stats, workdir=workdir, step=step, meta=meta)
+
+
+def restore_checkpoint(ckpt_dir: str, config, abstract_state, step: int | None = None,
+                       source: str = "config.json"):
+  """`(state, meta, step)`: checkpoint `step` (the latest by default) of `ckpt_dir`
+  restored into `abstract_state`, the train state `config` builds; `source`
+  names that config in messages. The one restore path of `load`,
+  `--mode=eval` and resuming (`train`), so a mismatch reads the same everywhere:
+  `CheckpointMismatchError` when the checkpoint is of another model (what
+  differs is named), `CorruptCheckpointError` when it cannot be read although
+  its structure fits, `WorkdirError` when there is no such step."""
+  from soundloc_jax import checkpointing
   ckpt = checkpointing.Checkpointer(ckpt_dir)
   try:
     steps = ckpt.all_steps()
@@ -362,40 +384,38 @@ def load(workdir: str, step: int | None = None) -> Localizer:
                          f"{', '.join(str(s) for s in sorted(steps))}")
     step = int(step)
     state_dir = os.path.join(ckpt_dir, str(step), "state")
+    what = f"checkpoint step {step} in {ckpt_dir}"
     # Shapes are checked against the checkpoint's metadata first: a restore
     # with wrong shapes fails in orbax's async readers, which then log every
     # failed array to stderr.
     try:
-      why = _diagnose_mismatch(state_dir, abstract, config, structure=False)
+      why = _diagnose_mismatch(state_dir, abstract_state, config, structure=False,
+                               source=source)
     except Exception:  # best effort; the restore below still checks everything
       why = None
     if why:
-      raise CheckpointMismatchError(
-          f"checkpoint step {step} in {ckpt_dir} does not fit the model described by "
-          f"{config_json}: {why}")
+      raise CheckpointMismatchError(f"{what} does not fit the model described by {source}: "
+                                    f"{why}")
     failure = None
     try:
-      state, meta = ckpt.restore(step, abstract)
+      state, meta = ckpt.restore(step, abstract_state)
     except Exception as e:  # orbax raises ValueError and others on a mismatch
       # Only the text is kept: the exception's frames hold orbax's async
       # machinery, which complains if it is finalised after its event loop.
       text = str(e).strip()
-      failure = f"{type(e).__name__}: {text.splitlines()[0] if text else 'no details'}"
+      failure = f"{type(e).__name__}: {text.splitlines()[0][:300] if text else 'no details'}"
     if failure is not None:
       try:
-        why = _diagnose_mismatch(state_dir, abstract, config)
-      except Exception:  # diagnosis is best effort
+        why = _diagnose_mismatch(state_dir, abstract_state, config, source=source)
+      except Exception:  # unreadable metadata: the checkpoint itself is damaged
         why = None
       if why:
-        raise CheckpointMismatchError(
-            f"checkpoint step {step} in {ckpt_dir} does not fit the model described by "
-            f"{config_json}: {why} (restore said: {failure})")
-      raise CheckpointMismatchError(
-          f"cannot restore checkpoint step {step} in {ckpt_dir} into the model described "
-          f"by {config_json} ({failure}); was config.json edited (e.g. model.width), or "
-          "the checkpoint written by another version?")
+        raise CheckpointMismatchError(f"{what} does not fit the model described by {source}: "
+                                      f"{why} (restore said: {failure})")
+      raise CorruptCheckpointError(
+          f"{what} cannot be read ({failure}): it is incomplete or corrupted (or written by "
+          f"another version); use an earlier step (available: "
+          f"{', '.join(str(s) for s in sorted(steps))}) or delete that folder")
   finally:
     ckpt.close()
-  params, batch_stats = state["params"], state["batch_stats"]
-  del state, abstract
-  return Localizer(config, graphdef, params, batch_stats, workdir=workdir, step=step, meta=meta)
+  return state, meta, step

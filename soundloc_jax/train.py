@@ -213,8 +213,15 @@ def check_and_record_config(config, workdir: str, has_checkpoint: bool) -> None:
       raise TrainingError(
           f"workdir {workdir} holds a run with a different config (differs in: "
           f"{', '.join(diff[:8])}); use a new --workdir or the same config to resume")
-  with open(path, "w") as f:
-    f.write(config.to_json_best_effort(indent=1))
+  _write_atomic(path, config.to_json_best_effort(indent=1))
+
+
+def _write_atomic(path: str, text: str) -> None:
+  """Write-then-rename, so a kill -9 never leaves a truncated file behind."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 def _diff_keys(a, b, prefix=""):
@@ -282,8 +289,7 @@ def write_run_info(workdir: str, config, fingerprint: dict) -> None:
           "packages": versions, "devices": [str(d) for d in jax.devices()],
           "process_count": jax.process_count(), "dataset": fingerprint,
           "argv": sys.argv, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-  with open(os.path.join(workdir, "run_info.json"), "w") as f:
-    json.dump(info, f, indent=1)
+  _write_atomic(os.path.join(workdir, "run_info.json"), json.dumps(info, indent=1))
 
 
 class MetricsWriter:
@@ -291,6 +297,14 @@ class MetricsWriter:
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    # A run killed mid-write leaves a partial last line: drop it, so every
+    # line stays JSON (a resumed run appends the steps after its checkpoint
+    # again; readers keep the last record per step and split).
+    if os.path.exists(self.path):
+      with open(self.path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+          f.truncate(data.rfind(b"\n") + 1)
 
   def write(self, record: dict, echo: str | None = None) -> None:
     with open(self.path, "a") as f:
@@ -356,16 +370,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
   check_and_record_config(config, workdir, has_checkpoint=latest is not None)
   write_run_info(workdir, config, dataset_fingerprint(name, data_dir))
   if latest is not None:
-    state, meta = ckpt.restore(latest, state)
-    print(f"Resuming from checkpoint step {latest} (epoch {meta.get('epoch')}) in {workdir}",
-          flush=True)
+    state, meta, latest = restore_latest_readable(ckpt, config, state)
+    if latest is not None:
+      print(f"Resuming from checkpoint step {latest} (epoch {meta.get('epoch')}) in {workdir}",
+            flush=True)
   # The best epoch by a validation metric, kept apart from the last N.
   best_key = config.checkpoint.best_metric
   best_ckpt = (checkpointing.Checkpointer(os.path.join(workdir, "checkpoints_best"), max_to_keep=1)
                if best_key else None)
   best_value = -math.inf
   if best_ckpt is not None and best_ckpt.latest_step() is not None:
-    best_value = best_ckpt.restore_meta(best_ckpt.latest_step()).get(best_key, -math.inf)
+    try:
+      best_value = best_ckpt.restore_meta(best_ckpt.latest_step()).get(best_key, -math.inf)
+    except Exception as e:  # damaged by hand or a disk fault: the next epoch replaces it
+      print(f"warning: best checkpoint in {best_ckpt.directory} is unreadable "
+            f"({type(e).__name__}); the next validated epoch replaces it", file=sys.stderr)
 
   start_step = int(jax.device_get(state["step"]))
   steps_per_epoch = len(train_source) // config.batch_size
@@ -435,13 +454,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if save_now:
       meta = {"step": step + 1, "epoch": epoch, "epoch_complete": bool(epoch_end),
               **last_metrics}
-      ckpt.save(step + 1, state, meta)
       if epoch_end and best_ckpt is not None and last_metrics and best_key not in last_metrics:
         raise ConfigError(f"config.checkpoint.best_metric={best_key!r} is not a validation "
                           f"metric; available: {', '.join(sorted(last_metrics))}")
       if epoch_end and best_ckpt is not None and last_metrics.get(best_key, -math.inf) > best_value:
         best_value = last_metrics[best_key]
+        # Finished before the step's checkpoint starts: a kill in between
+        # resumes before this epoch end, which then redoes the comparison.
         best_ckpt.save(step + 1, state, meta)
+        best_ckpt.wait()
+      ckpt.save(step + 1, state, meta)
   bar.close()
   ckpt.wait()
   if best_ckpt is not None:
@@ -453,6 +475,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                      ds_cfg.test_splits, predict)
   ckpt.close()
   return result
+
+
+def restore_latest_readable(ckpt, config, abstract_state):
+  """`(state, meta, step)` of the latest checkpoint that can be read (step None:
+  none, `abstract_state` returned). A kill -9 cannot leave a listed but
+  unreadable checkpoint (orbax renames a step folder into place once written),
+  but a disk fault or a hand edit can: such a folder is moved aside to
+  `<step>.corrupt` (kept for inspection, ignored by orbax) with a warning, and
+  the previous one is used. A checkpoint of another model is an error."""
+  from soundloc_jax import inference
+  while (step := ckpt.latest_step()) is not None:
+    try:
+      return inference.restore_checkpoint(ckpt.directory, config, abstract_state, step,
+                                          source="the config")
+    except inference.CorruptCheckpointError as e:
+      src = os.path.join(ckpt.directory, str(step))
+      aside, n = f"{src}.corrupt", 1
+      while os.path.exists(aside):
+        aside, n = f"{src}.corrupt{n}", n + 1
+      try:
+        os.rename(src, aside)
+      except FileNotFoundError:  # another process of a multi-host run moved it
+        pass
+      print(f"warning: {e}; moved it to {aside} and trying the previous checkpoint",
+            file=sys.stderr, flush=True)
+      ckpt.reload()
+  print(f"warning: no readable checkpoint left in {ckpt.directory}; starting from step 0",
+        file=sys.stderr, flush=True)
+  return abstract_state, {}, None
 
 
 def _check_finite(state, step: int, ckpt, config) -> int:
@@ -521,17 +572,16 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
                         best: bool = False) -> dict:
   """`--mode=eval`: load a checkpoint (the latest, the given `step`, or with
   `best` the best validation epoch) and score the test splits."""
+  from soundloc_jax import inference
   workdir = os.path.abspath(workdir)
   directory = os.path.join(workdir, "checkpoints_best" if best else "checkpoints")
-  ckpt = checkpointing.Checkpointer(directory)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise TrainingError(f"no checkpoint in {directory}")
+  if not os.path.isdir(directory):
+    raise TrainingError(f"no checkpoint in {workdir} ({directory} does not exist); train first")
   name, data_dir = prepare_data(config)
   optimizer = make_optimizer(config)
   graphdef, state = create_train_state(config, optimizer)
-  state, _ = ckpt.restore(step, state)
-  ckpt.close()
+  state, _, step = inference.restore_checkpoint(directory, config, state, step,
+                                                source="the config")
   print(f"Evaluating checkpoint step {step} of {workdir}", flush=True)
   return evaluate_splits(config, workdir, graphdef, state, name, data_dir,
                          config.dataset.test_splits)
