@@ -1,0 +1,303 @@
+"""Shared parts of the real-dataset builders: stored views, features, parallel preparation.
+
+A builder lists its examples as plain `Task`s (file paths, a frame time,
+raw boxes) and hands them to `prepare_all`, which decodes and prepares them
+over N processes (`BuildOptions.num_workers`, default all cores) and yields
+`(id, example)` for TFDS. Stored views: a training frame has its shorter side
+resized to `TRAIN_SHORTER` = int(1.1 * 224) = 246 (bicubic, width kept in
+proportion), the size the training augmentation crops 224 from, JPEG-encoded
+(quality 95: 6x smaller than raw uint8, ~1.5 ms to decode; see
+benchmarks/RESULTS.md); a test frame is the LVS test view (shorter side 224,
+centre crop 224), stored losslessly as PNG, which `input_pipeline.eval_image`
+uses as is. All splits share one feature set (`features`).
+Audio: every split stores `spectrogram` float16 of the builder config's front
+end (`audio.log_spectrogram` on `clip_seconds` around the frame); test
+splits also store `waveform`, the first 10 s at 16 kHz as int16 (x 32768,
+as the LVS test code's `soundfile.read` sees its 16-bit wavs), for the exact
+LVS test front end. Bad files: by default the first missing or corrupt media
+file stops the build with a `DatasetError` naming it; with `skip_bad` (config
+field or `SOUNDLOC_BUILD_SKIP_BAD=1`) such examples are skipped, counted,
+logged and listed in `info.metadata["skipped"]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from soundloc_jax import audio, input_pipeline, media
+from soundloc_jax.errors import DatasetError
+
+TRAIN_SHORTER = 246          # int(1.1 * 224): augment_image's resize target
+TEST_SIZE = 224              # LVS test view
+JPEG_QUALITY = 95
+LVS_TEST_RATE = 16000
+LVS_TEST_SECONDS = 10.0
+PCM_SCALE = 32768.0          # int16 <-> float, as soundfile / FFmpeg convert
+NUM_VALIDATION = 500
+WORKERS_ENV = "SOUNDLOC_BUILD_WORKERS"
+SKIP_BAD_ENV = "SOUNDLOC_BUILD_SKIP_BAD"
+GT_FORMATS = ("flickr256", "unit", "pixels")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One example to prepare. `image` (a picture) or `video` (a frame of it at
+  `frame_time`, default the middle) gives the frame; `audio` (any file PyAV
+  reads, default `video`) the sound. `test` examples get the test view,
+  `waveform` and `gt_boxes` (raw numbers, `[N, 4]`); `extra` is copied into
+  the example as is (e.g. a class name)."""
+  id: str
+  audio: str = ""
+  image: str = ""
+  video: str = ""
+  frame_time: float | None = None
+  test: bool = False
+  gt_boxes: tuple = ()
+  extra: tuple = ()                # ((key, value), ...)
+
+
+# The default training front end: the LVS transform on 3 s (257 x 299), as
+# HardPos (equal to configs.default.LVS_AUDIO; builders_test checks it).
+DEFAULT_AUDIO = dict(kind="lvs_psd", sample_rate=16000, clip_seconds=3.0, nperseg=512,
+                     noverlap=353)
+
+
+@dataclasses.dataclass(eq=False)
+class RealDataConfig(tfds.core.BuilderConfig):
+  """Fields every real-data builder config has. `audio`: the training front
+  end (`audio.log_spectrogram` params); `num_workers`: preparation processes
+  (0 = $SOUNDLOC_BUILD_WORKERS or all cores); `skip_bad`: skip and count bad
+  media files instead of stopping; `num_validation`: held-out validation size
+  (at most a tenth of the training examples)."""
+  audio: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_AUDIO))
+  num_workers: int = 0
+  skip_bad: bool = False
+  num_validation: int = NUM_VALIDATION
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+  audio: dict
+  num_workers: int = 0             # 0: $SOUNDLOC_BUILD_WORKERS or all cores
+  skip_bad: bool = False           # or $SOUNDLOC_BUILD_SKIP_BAD=1
+  box_space: str = ""              # "original": test boxes in source pixels -> test view
+
+
+def resolve_options(config: RealDataConfig, box_space: str = "") -> BuildOptions:
+  """A builder config's fields, completed from the environment variables."""
+  workers = (int(config.num_workers) or int(os.environ.get(WORKERS_ENV, "0") or 0)
+             or (os.cpu_count() or 1))
+  skip = bool(config.skip_bad) or os.environ.get(SKIP_BAD_ENV, "").lower() in ("1", "true", "yes")
+  return BuildOptions(audio=dict(config.audio), num_workers=workers, skip_bad=skip,
+                      box_space=box_space)
+
+
+def log(message: str) -> None:
+  from absl import logging
+  logging.info(message)
+
+
+def train_validation_tasks(tasks: list[Task], num_validation: int) -> dict[str, list[Task]]:
+  """`{"train": ..., "validation": ...}`: `validation_ids` of the tasks are
+  held out (unannotated, for model selection), the rest are for training."""
+  held_out = validation_ids([t.id for t in tasks], num_validation)
+  log(f"{len(tasks) - len(held_out)} training and {len(held_out)} validation examples")
+  return {"train": [t for t in tasks if t.id not in held_out],
+          "validation": [t for t in tasks if t.id in held_out]}
+
+
+def read_id_list(path) -> list[str]:
+  """Ids from a list file: one per line, or the first column of a csv;
+  blank lines, `#` comments and a header cell named `id`/`file` are ignored;
+  a trailing media extension is dropped."""
+  ids = []
+  with open(path) as f:
+    for line in f:
+      cell = line.split("#", 1)[0].split(",", 1)[0].strip()
+      stem, ext = os.path.splitext(cell)
+      if ext.lower() in media.IMAGE_EXTENSIONS + media.AUDIO_EXTENSIONS + media.VIDEO_EXTENSIONS:
+        cell = stem
+      if cell and cell.lower() not in ("id", "file", "youtube_id"):
+        ids.append(cell)
+  return list(dict.fromkeys(ids))
+
+
+def find_file(folder, stem: str, extensions) -> str:
+  """`folder/stem.ext` for the first extension that exists, else ''."""
+  for ext in extensions:
+    path = os.path.join(folder, stem + ext)
+    if os.path.exists(path):
+      return path
+  return ""
+
+
+# ----------------------------------------------------------------------------
+# Features and metadata.
+
+def features(audio_params: dict, extra: dict | None = None):
+  """TFDS features, the same for every split (TFDS has one set per dataset):
+  `image` holds encoded bytes as given (JPEG for train/validation frames,
+  lossless PNG for the test view), `waveform` and `gt_boxes` are empty
+  outside test splits."""
+  spec_shape = audio.spectrogram_shape(audio_params)
+  raw = tfds.features.Encoding.BYTES  # else uint8 / float16 are widened to int64 / float32
+  feats = {
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format=None),
+      "spectrogram": tfds.features.Tensor(shape=spec_shape, dtype=np.float16, encoding=raw),
+      "waveform": tfds.features.Tensor(shape=(None,), dtype=np.int16, encoding=raw),
+      "gt_boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+      "id": tfds.features.Text(),
+  }
+  feats.update(extra or {})
+  return tfds.features.FeaturesDict(feats)
+
+
+def metadata(audio_params: dict, *, gt_format: str, **more):
+  """`info.metadata`: the front end (`audio`, checked by training), the stored
+  views, the ground-truth format of test boxes, and anything builder-specific."""
+  if gt_format not in GT_FORMATS:
+    raise ValueError(f"gt_format {gt_format!r} not in {GT_FORMATS}")
+  return tfds.core.MetadataDict(
+      audio=audio.params_dict(audio_params), image_size=TEST_SIZE, train_shorter_side=TRAIN_SHORTER,
+      test_waveform=dict(sample_rate=LVS_TEST_RATE, seconds=LVS_TEST_SECONDS, scale=PCM_SCALE),
+      gt_format=gt_format, skipped=[], **more)
+
+
+def validation_ids(ids: Iterable[str], num_validation: int = NUM_VALIDATION) -> set[str]:
+  """The held-out validation ids: the `min(num_validation, len(ids) // 10)` ids
+  with the smallest SHA-1 of the id text (deterministic, independent of order
+  and of which other ids exist)."""
+  ids = sorted(set(ids))
+  k = min(int(num_validation), len(ids) // 10)
+  return set(sorted(ids, key=lambda i: hashlib.sha1(i.encode()).hexdigest())[:k])
+
+
+# ----------------------------------------------------------------------------
+# Per-example preparation (runs in worker processes).
+
+def train_frame(image: np.ndarray) -> np.ndarray:
+  """Stored training frame: shorter side to 246, bicubic."""
+  return input_pipeline._resize_shorter(image, TRAIN_SHORTER)  # pylint: disable=protected-access
+
+
+def test_frame(image: np.ndarray) -> np.ndarray:
+  """Stored test frame: the LVS test view (shorter side 224, centre crop)."""
+  return input_pipeline.center_crop_resize(image, TEST_SIZE)
+
+
+def box_to_test_view(boxes, height: int, width: int) -> np.ndarray:
+  """Pixel boxes `[N, 4]` (x0, y0, x1, y1, half-open) of an `height` x `width`
+  image -> the same boxes in pixels of its test view (resize + centre crop),
+  clipped to `[0, 224]`."""
+  rh, rw = input_pipeline.resized_shape(height, width, TEST_SIZE)
+  top, left = (rh - TEST_SIZE) // 2, (rw - TEST_SIZE) // 2
+  b = np.asarray(boxes, np.float64).reshape(-1, 4)
+  sx, sy = rw / width, rh / height
+  out = np.stack([b[:, 0] * sx - left, b[:, 1] * sy - top, b[:, 2] * sx - left,
+                  b[:, 3] * sy - top], axis=-1)
+  return np.clip(out, 0, TEST_SIZE).astype(np.float32)
+
+
+def encode_image(image: np.ndarray, fmt: str) -> bytes:
+  """JPEG (quality 95) or PNG bytes of an RGB uint8 image."""
+  from PIL import Image
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
+  return buf.getvalue()
+
+
+def to_pcm16(waveform: np.ndarray) -> np.ndarray:
+  return np.clip(np.round(np.asarray(waveform) * PCM_SCALE), -32768, 32767).astype(np.int16)
+
+
+def prepare(task: Task, options: BuildOptions) -> dict:
+  """Decodes one task's files into a TFDS example (numpy values)."""
+  if task.image:
+    frame = media.read_image(task.image)
+    frame_time = None
+  else:
+    frame = media.read_video_frame(task.video, task.frame_time)
+    frame_time = task.frame_time
+  audio_path = task.audio or task.video
+  clip = float(options.audio["clip_seconds"])
+  wave, rate = media.read_audio(audio_path)
+  # The training clip: `clip` seconds around the frame time (a still image:
+  # around the middle of the audio), shifted to fit inside the audio.
+  centre = frame_time if frame_time is not None else wave.size / rate / 2
+  start = int(round(max(0.0, min(centre - clip / 2, wave.size / rate - clip)) * rate))
+  window = wave[start:start + int(round(clip * rate))]
+  spec = audio.log_spectrogram(window, rate, options.audio)
+  if not np.all(np.isfinite(spec)):
+    raise media.MediaError(f"{audio_path}: audio gives a non-finite spectrogram")
+  example = {"id": task.id, "spectrogram": spec.astype(np.float16)}
+  if task.test:
+    example["image"] = encode_image(test_frame(frame), "PNG")
+    lvs = audio.resample(wave, rate, LVS_TEST_RATE)[:int(LVS_TEST_RATE * LVS_TEST_SECONDS)]
+    example["waveform"] = to_pcm16(lvs)
+    boxes = np.asarray(task.gt_boxes, np.float32).reshape(-1, 4)
+    if options.box_space == "original" and boxes.size:
+      boxes = box_to_test_view(boxes, frame.shape[0], frame.shape[1])
+    example["gt_boxes"] = boxes
+  else:
+    example["image"] = encode_image(train_frame(frame), "JPEG")
+    example["waveform"] = np.zeros((0,), np.int16)
+    example["gt_boxes"] = np.zeros((0, 4), np.float32)
+  example.update(dict(task.extra))
+  return example
+
+
+def _prepare_or_error(args):
+  task, options = args
+  try:
+    return task.id, prepare(task, options), None
+  except DatasetError as e:
+    return task.id, None, str(e)
+
+
+# ----------------------------------------------------------------------------
+# Parallel driver.
+
+def prepare_all(tasks: list[Task], options: BuildOptions, skipped: list,
+                log=None) -> Iterator[tuple[str, dict]]:
+  """`(id, example)` for every task, prepared on `options.num_workers`
+  processes (in-process for 1). A bad file raises `DatasetError` naming it,
+  or with `skip_bad` is appended to `skipped` as `{"id", "error"}` and logged."""
+  jobs = [(t, options) for t in tasks]
+  workers = min(options.num_workers, max(len(jobs), 1))
+  if workers <= 1:
+    results = map(_prepare_or_error, jobs)
+    pool = None
+  else:
+    # fork: workers inherit the imported modules (no re-import per worker).
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    pool = multiprocessing.get_context(method).Pool(workers)
+    results = pool.imap_unordered(_prepare_or_error, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers))))
+  try:
+    for key, example, error in results:
+      if error is None:
+        yield key, example
+      elif options.skip_bad:
+        skipped.append({"id": key, "error": error})
+        if log:
+          log(f"skipped {key}: {error}")
+      else:
+        raise DatasetError(f"{error} (example {key!r}; set skip_bad=True in the builder config "
+                           f"or {SKIP_BAD_ENV}=1 to skip bad files and count them)")
+  finally:
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+
+
+def missing_files_error(name: str, manual_dir, layout: str, what: str) -> DatasetError:
+  """The error for a manual_dir that lacks required files: repeats the layout."""
+  return DatasetError(f"{name}: {what} in manual_dir {os.fspath(manual_dir)!r}. Expected layout: "
+                      + " ".join(layout.split()))
