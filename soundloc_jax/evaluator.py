@@ -42,11 +42,26 @@ class EvalResult:
 
 
 def gt_maps_from_batch(batch: dict, size: int, image_size: int) -> np.ndarray:
+  """`[B, size, size]` ground truth: the pipeline's `gt_map` (real test splits,
+  official rule of the dataset's `gt_format`), else the demo's `box`."""
+  if "gt_map" in batch:
+    gt = np.asarray(batch["gt_map"], np.float32)
+    if gt.shape[1:] != (size, size):
+      raise DatasetError(f"gt_map of shape {gt.shape[1:]} does not match eval.size {size}")
+    return gt
   if "box" not in batch:
-    raise DatasetError("this split has no box annotations ('box' key); "
-                                      "it cannot be used for localization evaluation")
+    raise DatasetError("this split has no box annotations ('box' or 'gt_boxes' with a "
+                       "gt_format in the dataset metadata); it cannot be used for "
+                       "localization evaluation")
   return np.stack([evaluation.box_gt_map([box], size=size, image_size=image_size)
                    for box in batch["box"]])
+
+
+def gt_format_of(source) -> str:
+  """The `gt_format` a data source's dataset metadata declares ('' if none)."""
+  info = getattr(source, "dataset_info", None)
+  metadata = getattr(info, "metadata", None) or {}
+  return str(metadata.get("gt_format", "") or "")
 
 
 class SplitEvaluator:
@@ -61,7 +76,9 @@ class SplitEvaluator:
     responses, gts, ids = [], [], []
     for batch in input_pipeline.eval_batches(self.source, batch_size=ev.batch_size,
                                              image_size=ds.image_size,
-                                             num_threads=ds.num_workers):
+                                             num_threads=ds.num_workers,
+                                             gt_format=gt_format_of(self.source),
+                                             gt_size=ev.size, eval_audio=ev.get("audio", "")):
       valid = batch["valid"]
       response = np.asarray(predict_fn(batch["image"], batch["spectrogram"]), np.float32)
       responses.append(response[valid])
@@ -110,9 +127,10 @@ def save_overlays(result: EvalResult, indices, source, config, path: str, tags=N
   images, boxes = [], []
   for i in indices:
     ex = input_pipeline.preprocess(source[i], image_size=size, augment=False,
-                                   rng=np.random.default_rng(0), index=i)
+                                   rng=np.random.default_rng(0), index=i,
+                                   gt_format=gt_format_of(source), gt_size=size)
     images.append(ex["image"])
-    boxes.append([ex["box"].tolist()] if "box" in ex else None)
+    boxes.append([ex["box"].tolist()] if "box" in ex else ex.get("gt_map"))
   heat = heatmaps_for_display(result.responses[indices], size)
   tags = tags or [""] * len(indices)
   titles = [f"{t} {result.ids[i]}\ncIoU {result.cious[i]:.2f}".strip()

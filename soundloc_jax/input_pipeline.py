@@ -7,6 +7,8 @@ Batch contract (every dataset builder's examples are mapped to this):
   * `box`          float32 `[B, 4]`        demo data: sounding box [x0, y0, x1, y1] in
                                            input pixels, half-open (eval splits)
   * `index`        int64   `[B]`           position in the split (host only)
+  * `gt_map`       float32 `[B, S, S]`     real test splits: ground-truth map at the
+                                           evaluation size (host only, see below)
 Only `DEVICE_KEYS` are sent to the device (`distributed.global_batch`); the
 rest stay on the host.
 
@@ -17,6 +19,20 @@ at global position `i` is a pure function of `(seed, i)`, which makes resuming
 exact: a resumed run starts the same sequence at `step * global_batch`, and the
 checkpoint needs to store only the step. Each process reads only its slice
 of every global batch (`process_index`, `process_count`).
+
+Ground truth of real test splits (`data_builders/*`, `builder_lib`): each
+example stores the raw annotation numbers `gt_boxes` float32 `[N, 4]` (any N,
+a plain Tensor: a BBoxFeature would reject the out-of-range and inverted boxes
+the official rules keep) and the dataset metadata says how to read them,
+`gt_format`: `"flickr256"` (Flickr-SoundNet XML numbers on 256 pixels,
+consensus map of `evaluation.flickr_gt_map`), `"unit"` (VGG-SS normalised
+boxes, OR map of `evaluation.vggss_gt_map`) or `"pixels"` (half-open boxes in
+pixels of the stored 224 test view, `evaluation.box_gt_map`). `eval_batches`
+given `gt_format` turns them into `gt_map` `[S, S]` with that rule
+(`gt_map_from_boxes`). Test splits also store `waveform` (int16, the first
+10 s at 16 kHz); `eval_audio="lvs_test"` computes the spectrogram from it with
+the LVS test front end (`audio.LVS_DEFAULTS`, 257x671) instead of using the
+stored training-front-end `spectrogram`.
 """
 
 from __future__ import annotations
@@ -44,18 +60,62 @@ def open_source(name: str, split: str, data_dir: str):
         " (add --manual_dir=... for datasets made from your own files).") from e
 
 
+GT_FORMATS = ("flickr256", "unit", "pixels")
+EVAL_AUDIO = ("", "lvs_test")
+
+
+def gt_map_from_boxes(boxes, gt_format: str, size: int) -> np.ndarray:
+  """float32 `[size, size]` ground-truth map of raw `gt_boxes` `[N, 4]`, by the
+  official rule of `gt_format` (see the module docstring)."""
+  from soundloc_jax import evaluation
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  if gt_format == "unit":
+    return evaluation.vggss_gt_map(boxes, size=size)
+  if gt_format == "pixels":
+    return evaluation.box_gt_map(boxes, size=size, image_size=224)
+  if gt_format == "flickr256":
+    # `flickr_gt_map` on the XML's numbers: each box int(size * v / 256),
+    # +1 per annotator, halved, clipped at 1 (integers are exact in float32).
+    gt = np.zeros((size, size), np.float32)
+    for x0, y0, x1, y1 in (boxes.astype(np.float64) * size / 256).astype(np.int64):
+      gt[y0:y1, x0:x1] += 1
+    return np.minimum(gt / 2, 1)
+  raise DatasetError(f"unknown gt_format {gt_format!r} in the dataset metadata; "
+                     f"expected one of {GT_FORMATS}")
+
+
+def lvs_test_spectrogram(waveform_int16: np.ndarray) -> np.ndarray:
+  """The LVS test front end (257x671) of a stored test `waveform`."""
+  from soundloc_jax import audio
+  x = np.asarray(waveform_int16, np.float32) / 32768.0
+  return audio.log_spectrogram(x, audio.LVS_DEFAULTS["sample_rate"], audio.LVS_DEFAULTS)
+
+
 def preprocess(example: dict, *, image_size: int, augment: bool, rng: np.random.Generator,
-               index: int) -> dict:
-  """One decoded TFDS example -> the batch contract (numpy, host side)."""
+               index: int, gt_format: str = "", gt_size: int = 224,
+               eval_audio: str = "") -> dict:
+  """One decoded TFDS example -> the batch contract (numpy, host side).
+  `gt_format` (from the dataset metadata) adds `gt_map` at `gt_size` for
+  examples with `gt_boxes`; `eval_audio="lvs_test"` recomputes `spectrogram`
+  from the stored test `waveform`."""
   image = np.asarray(example["image"])
   if image.ndim == 2:
     image = np.repeat(image[..., None], 3, axis=-1)
   image = augment_image(image, image_size, rng) if augment else eval_image(image, image_size)
+  if eval_audio == "lvs_test":
+    if np.size(example.get("waveform", ())) == 0:
+      raise DatasetError("eval.audio='lvs_test' needs the stored test 'waveform', which this "
+                         "split does not have; use eval.audio=''")
+    spectrogram = lvs_test_spectrogram(example["waveform"])
+  else:
+    spectrogram = np.asarray(example["spectrogram"], dtype=np.float32)
   out = {
       "image": np.ascontiguousarray(image, dtype=np.uint8),
-      "spectrogram": np.asarray(example["spectrogram"], dtype=np.float32),
+      "spectrogram": spectrogram,
       "index": np.int64(index),
   }
+  if gt_format and "gt_boxes" in example:
+    out["gt_map"] = gt_map_from_boxes(example["gt_boxes"], gt_format, gt_size)
   ident = example.get("id", b"")
   out["id"] = ident if isinstance(ident, bytes) else str(ident).encode()
   if "box" in example:
@@ -152,14 +212,17 @@ def train_iterator(source, *, global_batch: int, seed: int, start_step: int, num
   return iter(ds.to_iter_dataset(options)), sampler.steps_per_epoch
 
 
-def eval_batches(source, *, batch_size: int, image_size: int, num_threads: int = 0):
+def eval_batches(source, *, batch_size: int, image_size: int, num_threads: int = 0,
+                 gt_format: str = "", gt_size: int = 224, eval_audio: str = ""):
   """Whole split in order; the last batch is padded by repeating its final example,
-  and `valid` (bool [B]) marks the real rows."""
+  and `valid` (bool [B]) marks the real rows. `gt_format`, `gt_size`,
+  `eval_audio`: see `preprocess`."""
   n = len(source)
 
   def load(i: int) -> dict:
     return preprocess(source[min(i, n - 1)], image_size=image_size, augment=False,
-                      rng=np.random.default_rng(0), index=min(i, n - 1))
+                      rng=np.random.default_rng(0), index=min(i, n - 1), gt_format=gt_format,
+                      gt_size=gt_size, eval_audio=eval_audio)
 
   padded = -(-n // batch_size) * batch_size
   ds = grain.MapDataset.range(0, padded).map(load).batch(batch_size)
