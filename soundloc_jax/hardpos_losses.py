@@ -33,9 +33,9 @@ Interpretation choices (the paper leaves these open):
 * Temperature: Eq. 5-6 show none; every logit (the four positives and the
   negatives) is divided by `temperature` (default 0.07, as LVS's code), i.e.
   P_i = sum_x exp(P_x / T), N_i = sum_l exp(mean alpha_il / T).
-* L = mean_i [logsumexp(all logits of row i) - logsumexp(the 4 positive
-  logits)] = -mean_i log(P_i / (P_i + N_i)) (Eq. 6). A row without negatives
-  contributes exactly 0.
+* L = -mean_i log(P_i / (P_i + N_i)) (Eq. 6), computed per row as
+  softplus(logsumexp(negative logits) - logsumexp(positive logits)). A row
+  without negatives contributes exactly 0.
 
 `aux` holds scalar diagnostics: the mean base response P_b, the mean of the
 three hard-positive responses, the mean negative score over masked-in pairs,
@@ -79,8 +79,10 @@ def hardpos_loss(visual_features, audio_embedding, negative_mask, *, epsilon=0.6
   neg_inf = jnp.finfo(jnp.float32).min
   negative_logits = jnp.where(mask, negatives / temperature, neg_inf)
   positive_logits = positives / temperature
-  all_logits = jnp.concatenate([positive_logits, negative_logits], axis=1)
-  per_row = jax.nn.logsumexp(all_logits, axis=1) - jax.nn.logsumexp(positive_logits, axis=1)
+  # -log(P / (P + N)) = log(1 + N / P) = softplus(log N - log P): no
+  # cancellation between two ~1/T-sized logsumexps when the loss is small.
+  per_row = jax.nn.softplus(jax.nn.logsumexp(negative_logits, axis=1)
+                            - jax.nn.logsumexp(positive_logits, axis=1))
   loss = jnp.mean(per_row)
 
   maskf = mask.astype(jnp.float32)
