@@ -172,11 +172,14 @@ def metadata(audio_params: dict, *, gt_format: str, **more):
 
 
 def validation_ids(ids: Iterable[str], num_validation: int = NUM_VALIDATION) -> set[str]:
-  """The held-out validation ids: the `min(num_validation, len(ids) // 10)` ids
-  with the smallest SHA-1 of the id text (deterministic, independent of order
-  and of which other ids exist)."""
+  """The held-out validation ids: the `min(num_validation, max(1, len(ids) // 10))`
+  ids with the smallest SHA-1 of the id text (deterministic, independent of
+  order and of which other ids exist)."""
   ids = sorted(set(ids))
-  k = min(int(num_validation), len(ids) // 10)
+  if len(ids) < 2:
+    raise DatasetError(f"{len(ids)} training example(s): need at least 2 (one is held out "
+                       "for validation)")
+  k = min(int(num_validation), max(1, len(ids) // 10))
   return set(sorted(ids, key=lambda i: hashlib.sha1(i.encode()).hexdigest())[:k])
 
 

@@ -110,3 +110,97 @@ def write_corrupt(path, size: int = 300, seed: int = 1) -> str:
   with open(path, "wb") as f:
     f.write(np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes())
   return os.fspath(path)
+
+
+# ----------------------------------------------------------------------------
+# Whole manual_dir layouts of the builders (data_builders/*/README.md).
+
+FLICKR_XML = """<annotation><file>{id}</file>
+<object><bbox><name>a</name><xmin>{a[0]}</xmin><ymin>{a[1]}</ymin><xmax>{a[2]}</xmax><ymax>{a[3]}</ymax></bbox></object>
+<object><bbox><name>b</name><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bbox></object>
+</annotation>"""
+
+
+def train_pcm(i: int, seconds: float = 3.0) -> np.ndarray:
+  """The int16 samples of fixture sound `i` (what a wav of `tone` holds)."""
+  w = tone(seconds, freq=300.0 + 37.0 * i, amp=0.3 + 0.02 * i)
+  return np.clip(np.round(w * 32767), -32768, 32767).astype(np.int16)
+
+
+def write_pcm_wav(path, pcm: np.ndarray, rate: int = 16000) -> str:
+  return write_audio(path, pcm.astype(np.float32) / 32767, rate)
+
+
+def folder_layout(root, n_train: int = 10) -> dict:
+  """`folder` manual_dir: n_train jpg+wav pairs, one video-only id, two annotated
+  ids (jpg+flac, jpg+wav; 12 s sounds) with json boxes in original pixels."""
+  import json
+  os.makedirs(root, exist_ok=True)
+  for i in range(n_train):
+    write_image(os.path.join(root, f"img{i:02d}.jpg"), h=60, w=90, seed=i)
+    write_pcm_wav(os.path.join(root, f"img{i:02d}.wav"), train_pcm(i))
+  write_video(os.path.join(root, "clip00.mp4"), seconds=4.0, audio=tone(4.0))
+  boxes = {"ann00": [[10, 5, 50, 40]], "ann01": [[0, 0, 30, 30], [40, 20, 200, 90]]}
+  for k, (ident, b) in enumerate(boxes.items()):
+    write_image(os.path.join(root, f"{ident}.png"), h=80, w=120, seed=50 + k)
+    write_pcm_wav(os.path.join(root, f"{ident}{'.flac' if k == 0 else '.wav'}"),
+                  train_pcm(20 + k, seconds=12.0))
+    with open(os.path.join(root, f"{ident}.json"), "w") as f:
+      json.dump({"boxes": b}, f)
+  with open(os.path.join(root, "README.txt"), "w") as f:
+    f.write("unrelated file\n")
+  return boxes
+
+
+def flickr_layout(root, n_train: int = 11) -> dict:
+  """`flickr_soundnet` manual_dir: flickr_10k.txt with n_train ids (one of them
+  also a test id), 3 test ids of which `t2` lacks its XML."""
+  os.makedirs(os.path.join(root, "frames"), exist_ok=True)
+  os.makedirs(os.path.join(root, "audio"), exist_ok=True)
+  os.makedirs(os.path.join(root, "Annotations"), exist_ok=True)
+  train_ids = [f"{1000 + i}" for i in range(n_train)]
+  for i, ident in enumerate(train_ids):
+    write_image(os.path.join(root, "frames", ident + ".jpg"), h=64, w=96, seed=i)
+    write_pcm_wav(os.path.join(root, "audio", ident + ".wav"), train_pcm(i))
+  xml_boxes = {"t0": ([10, 20, 100, 200], [30, 40, 256, 250]),
+               "t1": ([0, 0, 128, 128], [64, 64, 200, 220])}
+  for k, ident in enumerate(["t0", "t1", "t2"]):
+    write_image(os.path.join(root, "frames", ident + ".jpg"), h=70, w=100, seed=30 + k)
+    write_pcm_wav(os.path.join(root, "audio", ident + ".wav"), train_pcm(30 + k, seconds=12.0))
+    if ident in xml_boxes:
+      a, b = xml_boxes[ident]
+      with open(os.path.join(root, "Annotations", ident + ".xml"), "w") as f:
+        f.write(FLICKR_XML.format(id=ident, a=a, b=b))
+  with open(os.path.join(root, "flickr_10k.txt"), "w") as f:
+    f.write("\n".join(train_ids + ["t1"]) + "\n")
+  with open(os.path.join(root, "flickr_test.txt"), "w") as f:
+    f.write("t0\nt1\nt2\n")
+  return {"train_ids": train_ids, "xml": {k: FLICKR_XML.format(id=k, a=a, b=b)
+                                          for k, (a, b) in xml_boxes.items()}}
+
+
+def vggsound_layout(root, n_train: int = 10) -> dict:
+  """`vggsound` + `vggss` manual_dir: n_train mp4 clips (video + audio) and a
+  vggss.json of 3 ids: v0 (a clip, out-of-range and inverted boxes), v1
+  (frame + wav), v2 (no media)."""
+  import json
+  os.makedirs(os.path.join(root, "video"), exist_ok=True)
+  os.makedirs(os.path.join(root, "frames"), exist_ok=True)
+  os.makedirs(os.path.join(root, "audio"), exist_ok=True)
+  ids = [f"yt{i:03d}_{i * 10:06d}" for i in range(n_train)]
+  for i, ident in enumerate(ids):
+    write_video(os.path.join(root, "video", ident + ".mp4"), seconds=4.0,
+                audio=tone(4.0, freq=300.0 + 50 * i), size=(48, 80))
+  write_video(os.path.join(root, "video", "v0.mp4"), seconds=4.0, audio=tone(4.0), size=(48, 80))
+  write_image(os.path.join(root, "frames", "v1.jpg"), h=50, w=70)
+  write_pcm_wav(os.path.join(root, "audio", "v1.wav"), train_pcm(40, seconds=11.0))
+  annotations = [
+      {"file": "v0", "class": "playing violin", "bbox": [[0.1, -0.05, 0.6, 1.2], [0.9, 0.5, 0.2, 0.7]]},
+      {"file": "v1", "class": "dog barking", "bbox": [[0.25, 0.25, 0.75, 0.75]]},
+      {"file": "v2", "class": "rain", "bbox": [[0.0, 0.0, 1.0, 1.0]]},
+  ]
+  with open(os.path.join(root, "vggss.json"), "w") as f:
+    json.dump(annotations, f)
+  with open(os.path.join(root, "vggsound_144k.txt"), "w") as f:
+    f.write("\n".join(ids[:n_train - 1]) + "\n")
+  return {"ids": ids, "annotations": annotations}

@@ -15,7 +15,7 @@ Layout of `manual_dir` (one example per id; `<id>` is the file stem)::
 
 Ids with a `.json` form the `test` split (boxes converted through the test
 view's resize + centre crop, `gt_format="pixels"`); the others are split into
-`train` and a held-out unannotated `validation` (min(num_validation, n // 10)
+`train` and a held-out unannotated `validation` (min(num_validation, max(1, n // 10))
 ids by SHA-1 of the id, see `builder_lib.validation_ids`). Without any
 `.json` there is no test split. Every id needs a sound; an id with neither an
 image nor a video is an error naming the file (or skipped and counted with

@@ -1,0 +1,96 @@
+"""`vggss`: the VGG-SS localization test set (5,158 VGGSound clips with boxes and class names).
+
+Layout of `manual_dir` (the user's copy; nothing is downloaded)::
+
+  manual_dir/
+    vggss.json             [{"file": "<id>", "class": "<name>",
+                             "bbox": [[x0, y0, x1, y1], ...]}, ...] (normalised
+                             coordinates, as released)
+    video/<id>.mp4         the clips (frame: the middle one; sound: its track)
+      or
+    frames/<id>.jpg + audio/<id>.wav   pre-extracted frame and sound per id
+
+One split, `test`: the test view (shorter side 224, centre crop), the
+training front end's `spectrogram` (3 s around the middle), `waveform` (the
+first 10 s at 16 kHz, int16, for the LVS test front end), `gt_boxes` = the
+json's numbers unchanged (`gt_format="unit"`: `evaluation.vggss_gt_map`
+clamps negatives, ORs the boxes and keeps inverted/out-of-range ones as the
+official code does) and `class_name`. Ids whose media are missing are left
+out and reported (count and ids in `info.metadata["missing_test_ids"]`);
+corrupt media stop the build naming the file unless `skip_bad`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow_datasets as tfds
+
+from soundloc_jax import builder_lib, media
+
+LAYOUT = """vggss.json ([{"file": id, "class": name, "bbox": [[x0, y0, x1, y1], ...]}, ...]) and
+per id either video/<id>.mp4 or frames/<id>.jpg + audio/<id>.wav"""
+
+
+def read_annotations(path: str) -> list[tuple[str, str, tuple]]:
+  """`(id, class name, boxes)` of every vggss.json entry."""
+  try:
+    with open(path) as f:
+      items = json.load(f)
+    out = [(str(it["file"]), str(it.get("class", "")),
+            tuple(tuple(float(v) for v in box[:4]) for box in it["bbox"])) for it in items]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise media.MediaError(f"{path}: expected a list of {{\"file\", \"class\", \"bbox\"}} "
+                           f"entries ({type(e).__name__}: {e})") from e
+  return out
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """VGG-SS test clips with boxes (see the module docstring)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = "manual_dir holds " + LAYOUT
+  BUILDER_CONFIGS = [builder_lib.RealDataConfig(
+      name="default", description="Test view + LVS front end on 3 s + 10 s waveform.")]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    return self.dataset_info_from_configs(
+        features=builder_lib.features(cfg.audio, extra={"class_name": tfds.features.Text()}),
+        homepage="https://www.robots.ox.ac.uk/~vgg/research/lvs/",
+        metadata=builder_lib.metadata(cfg.audio, gt_format="unit", missing_test_ids=[]))
+
+  def _split_generators(self, dl_manager):
+    cfg = self.builder_config
+    manual_dir = os.fspath(dl_manager.manual_dir)
+    json_path = os.path.join(manual_dir, "vggss.json")
+    if not os.path.exists(json_path):
+      raise builder_lib.missing_files_error("vggss", manual_dir, LAYOUT, "no vggss.json")
+    tasks, missing = [], []
+    for i, name, boxes in read_annotations(json_path):
+      video = builder_lib.find_file(os.path.join(manual_dir, "video"), i, media.VIDEO_EXTENSIONS)
+      image = builder_lib.find_file(os.path.join(manual_dir, "frames"), i, media.IMAGE_EXTENSIONS)
+      sound = builder_lib.find_file(os.path.join(manual_dir, "audio"), i,
+                                    media.AUDIO_EXTENSIONS + media.VIDEO_EXTENSIONS)
+      extra = (("class_name", name),)
+      if video:
+        tasks.append(builder_lib.Task(id=i, video=video, test=True, gt_boxes=boxes, extra=extra))
+      elif image and sound:
+        tasks.append(builder_lib.Task(id=i, image=image, audio=sound, test=True, gt_boxes=boxes,
+                                      extra=extra))
+      else:
+        missing.append(i)
+    if not tasks:
+      raise builder_lib.missing_files_error("vggss", manual_dir, LAYOUT,
+                                            f"none of the {len(missing)} vggss.json ids has media")
+    self.info.metadata["missing_test_ids"] = missing
+    if missing:
+      builder_lib.log(f"{len(missing)} vggss.json ids have no media and are left out: "
+                      + ", ".join(missing))
+    return {"test": self._generate_examples(tasks, builder_lib.resolve_options(cfg))}
+
+  def _generate_examples(self, tasks, options):
+    yield from builder_lib.prepare_all(tasks, options, self.info.metadata["skipped"],
+                                       builder_lib.log)
