@@ -45,6 +45,7 @@ import numpy as np
 from soundloc_jax.errors import DatasetError
 
 DEVICE_KEYS = ("image", "spectrogram")
+NEIGHBOUR_DEVICE_KEYS = DEVICE_KEYS + ("negative_mask",)  # HardPos (`train_iterator`)
 
 
 def open_source(name: str, split: str, data_dir: str):
@@ -185,11 +186,31 @@ class EpochSampler:
     epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
     return int(self.permutation(epoch)[step_in_epoch * self.global_batch + slot])
 
+  def batch_indices(self, step: int) -> np.ndarray:
+    """Source indices of global batch `step` (all processes' rows, in order)."""
+    epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+    start = step_in_epoch * self.global_batch
+    return self.permutation(epoch)[start:start + self.global_batch]
+
 
 def train_iterator(source, *, global_batch: int, seed: int, start_step: int, num_steps: int,
                    image_size: int, augment: bool, num_threads: int = 0,
-                   process_index: int = 0, process_count: int = 1):
-  """Iterator over this process's part of global batches `start_step .. num_steps-1`."""
+                   process_index: int = 0, process_count: int = 1, neighbours=None):
+  """Iterator over this process's part of global batches `start_step .. num_steps-1`.
+
+  With `neighbours` (a `soundloc_jax.neighbours.NeighbourTable`, HardPos) each
+  base example also brings one sampled visual neighbour's image and one
+  sampled audio neighbour's spectrogram (drawn from `(seed, position)` only),
+  and its row of the negative mask; the batch then holds
+    `image`          uint8   `[B, 2, H, W, 3]`  (base, visual neighbour's image)
+    `spectrogram`    float32 `[B, 2, F, T]`     (base, audio neighbour's spectrogram)
+    `negative_mask`  bool    `[B, G]`           [r, l]: the global batch's base
+                                                example l is outside both
+                                                neighbour sets of row r and not r
+    `neighbour_index` int64  `[B, 2]`           (audio, visual) positions, host only
+  (`NEIGHBOUR_DEVICE_KEYS` go to the device). B is this process's rows, G the
+  global batch; steps and throughput count base examples.
+  """
   if global_batch % process_count:
     raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
   local_batch = global_batch // process_count
@@ -206,7 +227,29 @@ def train_iterator(source, *, global_batch: int, seed: int, start_step: int, num
     return preprocess(source[index], image_size=image_size, augment=augment, rng=rng,
                       index=index)
 
-  ds = grain.MapDataset.range(0, (num_steps - start_step) * local_batch).map(load)
+  def load_with_neighbours(local_position: int) -> dict:
+    base = load(local_position)
+    position = global_position(local_position)
+    index = int(base["index"])
+    neighbours.check_id(index, base["id"])
+    pick = np.random.default_rng([seed, 2, position]).integers(0, neighbours.num_neighbours, 2)
+    audio_index = int(neighbours.audio(index)[pick[0]])
+    visual_index = int(neighbours.visual(index)[pick[1]])
+    parts = {}
+    for slot, other in ((3, audio_index), (4, visual_index)):
+      example = source[other]
+      neighbours.check_id(other, example.get("id", b""))
+      parts[slot] = preprocess(example, image_size=image_size, augment=augment,
+                               rng=np.random.default_rng([seed, slot, position]), index=other)
+    base["image"] = np.stack([base["image"], parts[4]["image"]])
+    base["spectrogram"] = np.stack([base["spectrogram"], parts[3]["spectrogram"]])
+    base["negative_mask"] = neighbours.negative_row(
+        index, sampler.batch_indices(position // global_batch))
+    base["neighbour_index"] = np.asarray([audio_index, visual_index], np.int64)
+    return base
+
+  ds = grain.MapDataset.range(0, (num_steps - start_step) * local_batch)
+  ds = ds.map(load if neighbours is None else load_with_neighbours)
   ds = ds.batch(local_batch, drop_remainder=True)
   options = grain.ReadOptions(num_threads=max(num_threads, 1), prefetch_buffer_size=2 * local_batch)
   return iter(ds.to_iter_dataset(options)), sampler.steps_per_epoch

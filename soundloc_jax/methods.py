@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from soundloc_jax import losses, lvs_losses
+from soundloc_jax import hardpos_losses, losses, lvs_losses
 from soundloc_jax.errors import ConfigError
 
 
@@ -93,3 +93,18 @@ def _make_lvs_loss(trimap, hard_negative):
 
 register(Method("lvs", _make_lvs_loss(trimap=True, hard_negative=True)))
 register(Method("lvs_vanilla", _make_lvs_loss(trimap=False, hard_negative=False)))
+
+
+# HardPos (soundloc_jax.hardpos_losses): batches carry one audio and one visual
+# neighbour per row (`input_pipeline.train_iterator(neighbours=...)`); the
+# model ran on the flattened [2B] inputs (`train.model_inputs`), reshaped here.
+def _hardpos_loss(outputs, teacher_outputs, batch, cfg, rng):
+  del teacher_outputs, rng
+  visual, audio = outputs["visual_features"], outputs["audio_embedding"]
+  visual = visual.reshape((-1, 2) + visual.shape[1:])
+  audio = audio.reshape((-1, 2) + audio.shape[1:])
+  return hardpos_losses.hardpos_loss(visual, audio, batch["negative_mask"], epsilon=cfg.epsilon,
+                                     mask_tau=cfg.mask_tau, temperature=cfg.temperature)
+
+
+register(Method("hardpos", _hardpos_loss, needs_neighbours=True))

@@ -41,7 +41,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from soundloc_jax import audio as audio_lib
-from soundloc_jax import checkpointing, distributed, evaluator, input_pipeline, methods
+from soundloc_jax import checkpointing, distributed, evaluator, input_pipeline, methods, neighbours
 from soundloc_jax.errors import ConfigError, DatasetError, TrainingError
 from soundloc_jax.models import av_model
 
@@ -90,9 +90,18 @@ def _copy(tree):
   return jax.tree.map(jnp.copy, tree)
 
 
-def create_train_state(config, optimizer):
-  """(graphdef, state) for a fresh run; the teacher starts as a copy of the student."""
+def create_train_state(config, optimizer, pretrained: bool = True):
+  """(graphdef, state) for a fresh run; the teacher starts as a copy of the student.
+
+  With `config.model.init_visual` set (and `pretrained`), the visual stream
+  starts from that directory's ResNet-18 (`tools.resnet_weights`); a caller
+  that restores a checkpoint right after may pass `pretrained=False`, so the
+  directory need not exist any more."""
   model = av_model.build_model(config.model, seed=config.seed)
+  init_visual = config.model.get("init_visual", "")
+  if init_visual and pretrained:
+    from soundloc_jax.tools import resnet_weights
+    resnet_weights.load_dir(model.visual, init_visual)
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   params, batch_stats = nnx.as_pure(params), nnx.as_pure(batch_stats)
   state = {
@@ -136,12 +145,12 @@ def make_train_step(graphdef, method: methods.Method, method_config, optimizer,
     if teacher_active:
       teacher = nnx.merge(graphdef, state["teacher_params"], state["teacher_batch_stats"])
       teacher.eval()
-      teacher_outputs = jax.lax.stop_gradient(teacher(batch["image"], batch["spectrogram"]))
+      teacher_outputs = jax.lax.stop_gradient(teacher(*model_inputs(batch, method)))
 
     def loss_fn(params):
       model = nnx.merge(graphdef, params, state["batch_stats"])
       model.train()
-      outputs = model(batch["image"], batch["spectrogram"])
+      outputs = model(*model_inputs(batch, method))
       loss, aux = method.loss(outputs, teacher_outputs, batch, method_config, rng)
       return loss, (aux, nnx.as_pure(nnx.state(model, nnx.BatchStat)))
 
@@ -172,6 +181,18 @@ def make_train_step(graphdef, method: methods.Method, method_config, optimizer,
   sharded = NamedSharding(mesh, P("data"))
   return jax.jit(step_fn, donate_argnums=(0,), in_shardings=(replicated, sharded),
                  out_shardings=(replicated, replicated))
+
+
+def model_inputs(batch, method: methods.Method):
+  """`(image, spectrogram)` for the model. Neighbour batches hold `[B, 2, ...]`
+  (base, neighbour; `input_pipeline.train_iterator`): flattened to `[2B, ...]`
+  (row-major, so each device's rows stay its own) for one forward over all,
+  BatchNorm statistics included; the method's loss reshapes the outputs back."""
+  image, spectrogram = batch["image"], batch["spectrogram"]
+  if method.needs_neighbours:
+    image = image.reshape((-1,) + image.shape[2:])
+    spectrogram = spectrogram.reshape((-1,) + spectrogram.shape[2:])
+  return image, spectrogram
 
 
 def make_predict_fn(graphdef):
@@ -398,16 +419,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
   last_metrics = {}
   skipped_reported = 0
   batch_sharding = NamedSharding(mesh, P("data"))
+  device_keys = (input_pipeline.NEIGHBOUR_DEVICE_KEYS if method.needs_neighbours
+                 else input_pipeline.DEVICE_KEYS)
 
   if start_step < stop_step:
     print(f"Training {method.name} for {stop_step - start_step} steps "
           f"({steps_per_epoch} steps/epoch, global batch {config.batch_size}, "
           f"{jax.device_count()} device(s)); logs in {writer.path}", flush=True)
+    # HardPos: neighbour sets of the training split (mined file or Random HP).
+    table = (neighbours.from_config(config.method, train_source, config.seed)
+             if method.needs_neighbours else None)
     batches, _ = input_pipeline.train_iterator(
         train_source, global_batch=config.batch_size, seed=config.seed, start_step=start_step,
         num_steps=stop_step, image_size=ds_cfg.image_size, augment=ds_cfg.augment,
         num_threads=ds_cfg.num_workers, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_count=jax.process_count(), neighbours=table)
   t_start, steps_timed, t_log, samples_since_log = time.time(), 0, time.time(), 0
   # A live bar on terminals only (disable=None); logs get the ETA in each line.
   bar = tqdm.tqdm(total=stop_step, initial=start_step, unit="step", disable=None,
@@ -418,7 +444,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if active not in step_fns:
       step_fns[active] = make_train_step(graphdef, method, config.method, optimizer, active, mesh,
                                          skip_nonfinite=config.nonfinite == "skip")
-    batch = distributed.global_batch(next(batches), mesh, batch_sharding.spec)
+    batch = distributed.global_batch(next(batches), mesh, batch_sharding.spec, keys=device_keys)
     state, metrics = step_fns[active](state, batch)
     samples_since_log += config.batch_size
     steps_timed += 1
