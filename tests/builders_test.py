@@ -1,0 +1,261 @@
+"""Real-dataset builders on generated fixtures (tests/media_fixtures.py layouts).
+
+Each builder is built with the command-line entry point (subprocesses, run
+concurrently, 2 preparation workers) and with the Python API (in-process, 1
+worker); the two must hold identical examples. Then: shapes, dtypes, ids,
+boxes, the front end against scipy, the ground-truth maps against the
+official functions, a fresh-process read, the bad-file policy and presets.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from soundloc_jax import builder_lib, evaluation, evaluator, input_pipeline
+from soundloc_jax.errors import DatasetError
+from tests import media_fixtures as mf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (dataset, config, manual layout key)
+BUILDS = [("folder", "default", "folder"), ("flickr_soundnet", "10k", "flickr"),
+          ("vggsound", "full", "vgg"), ("vggss", "default", "vgg")]
+
+
+def _builder_class(name):
+  import importlib
+  return importlib.import_module(f"data_builders.{name}.{name}_dataset_builder").Builder
+
+
+def _api_build(name, config, manual_dir, data_dir):
+  builder = _builder_class(name)(config=config, data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+def _env(**extra):
+  env = dict(os.environ, PYTHONPATH=REPO, **extra)
+  return env
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  root = tmp_path_factory.mktemp("builders")
+  manual = {"folder": str(root / "folder"), "flickr": str(root / "flickr"), "vgg": str(root / "vgg")}
+  truth = {"folder": mf.folder_layout(manual["folder"]), "flickr": mf.flickr_layout(manual["flickr"]),
+           "vgg": mf.vggsound_layout(manual["vgg"])}
+  cli_dir, api_dir = str(root / "cli"), str(root / "api")
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "soundloc_jax.tfds_build", f"data_builders/{name}",
+       f"--manual_dir={manual[key]}", f"--data_dir={cli_dir}", f"--config={config}"],
+      cwd=REPO, env=_env(SOUNDLOC_BUILD_WORKERS="2"), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for name, config, key in BUILDS]
+  for name, config, key in BUILDS + [("vggsound", "144k", "vgg")]:
+    os.environ[builder_lib.WORKERS_ENV] = "1"
+    try:
+      _api_build(name, config, manual[key], api_dir)
+    finally:
+      del os.environ[builder_lib.WORKERS_ENV]
+  for proc, (name, _, _) in zip(procs, BUILDS):
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, f"{name}: {out[-3000:]}"
+  return {"manual": manual, "truth": truth, "cli": cli_dir, "api": api_dir}
+
+
+def _source(data_dir, name, split):
+  return tfds.data_source(name, split=split, data_dir=data_dir)
+
+
+def _by_id(source):
+  return {ex["id"].decode(): ex for ex in (source[i] for i in range(len(source)))}
+
+
+def _splits(data_dir, name):
+  return tfds.builder(name, data_dir=data_dir).info.splits.keys()
+
+
+def test_cli_and_api_builds_hold_identical_examples(built):
+  for name, config, _ in BUILDS:
+    full = f"{name}/{config}"
+    assert set(_splits(built["cli"], full)) == set(_splits(built["api"], full))
+    for split in _splits(built["api"], full):
+      cli, api = _by_id(_source(built["cli"], full, split)), _by_id(_source(built["api"], full, split))
+      assert sorted(cli) == sorted(api), (full, split)
+      for ident, ex in api.items():
+        for key, value in ex.items():
+          np.testing.assert_array_equal(cli[ident][key], value, err_msg=f"{full} {split} {ident} {key}")
+
+
+def test_folder_splits_shapes_dtypes_and_boxes(built):
+  data = built["api"]
+  train, val = _by_id(_source(data, "folder", "train")), _by_id(_source(data, "folder", "validation"))
+  test = _by_id(_source(data, "folder", "test"))
+  every = [f"img{i:02d}" for i in range(10)] + ["clip00"]
+  assert set(val) == builder_lib.validation_ids(every) and len(val) == 1
+  assert sorted(set(train) | set(val)) == sorted(every) and not set(train) & set(val)
+  assert sorted(test) == ["ann00", "ann01"]
+  ex = train["img03"]
+  assert ex["image"].shape == (246, 369, 3) and ex["image"].dtype == np.uint8  # 60x90 -> 246 short
+  assert ex["spectrogram"].shape == (257, 299) and ex["spectrogram"].dtype == np.float16
+  assert ex["waveform"].shape == (0,) and ex["gt_boxes"].shape == (0, 4)
+  assert train["clip00"]["image"].shape == (246, 328, 3)  # 48x64 video frame
+  # 80x120 -> 224x336, centre crop from x = 56: boxes in test-view pixels, clipped.
+  np.testing.assert_array_equal(test["ann00"]["gt_boxes"], [[0, 14, 84, 112]])
+  np.testing.assert_allclose(test["ann01"]["gt_boxes"], [[0, 0, 28, 84], [56, 56, 224, 224]],
+                             atol=1e-4)
+  for ident, k in (("ann00", 20), ("ann01", 21)):
+    t = test[ident]
+    assert t["image"].shape == (224, 224, 3) and t["waveform"].dtype == np.int16
+    np.testing.assert_array_equal(t["waveform"], mf.train_pcm(k, seconds=12.0)[:160000])
+  # PNG test view: exactly the centre crop of the decoded original.
+  from soundloc_jax import media
+  original = media.read_image(os.path.join(built["manual"]["folder"], "ann00.png"))
+  np.testing.assert_array_equal(test["ann00"]["image"],
+                                input_pipeline.center_crop_resize(original, 224))
+
+
+def _reference_log_psd(pcm, noverlap, seconds):
+  from scipy import signal
+  x = pcm.astype(np.float64)[:int(16000 * seconds)] / 32768.0
+  _, _, spec = signal.spectrogram(x, 16000, nperseg=512, noverlap=noverlap)
+  return np.log(spec + 1e-7) / 12
+
+
+def test_stored_and_lvs_test_spectrograms_match_scipy(built):
+  data = built["api"]
+  train = _by_id(_source(data, "folder", "train"))
+  ident = next(i for i in train if i.startswith("img"))
+  ref = _reference_log_psd(mf.train_pcm(int(ident[3:])), 353, 3.0)  # the whole 3 s sound
+  assert ref.shape == (257, 299)
+  np.testing.assert_allclose(train[ident]["spectrogram"].astype(np.float64), ref, rtol=2 ** -11,
+                             atol=1e-6)  # float16 storage
+  from soundloc_jax import audio
+  from configs import default
+  f32 = audio.log_spectrogram(mf.train_pcm(int(ident[3:])) / np.float32(32768), 16000,
+                              default.LVS_AUDIO)
+  np.testing.assert_allclose(f32, ref, rtol=1e-5, atol=1e-5)
+  # eval.audio = "lvs_test": the LVS test front end on the stored first 10 s.
+  source = _source(data, "folder", "test")
+  batch = next(input_pipeline.eval_batches(source, batch_size=2, image_size=224,
+                                           gt_format="pixels", eval_audio="lvs_test"))
+  k = {b"ann00": 20, b"ann01": 21}[batch["id"][0]]
+  ref10 = _reference_log_psd(mf.train_pcm(k, seconds=12.0), 274, 10.0)
+  assert batch["spectrogram"].shape == (2, 257, 671)
+  np.testing.assert_allclose(batch["spectrogram"][0], ref10, rtol=1e-5, atol=1e-5)
+
+
+def _gt_maps(data_dir, name):
+  source = _source(data_dir, name, "test")
+  gt_format = evaluator.gt_format_of(source)
+  batch = next(input_pipeline.eval_batches(source, batch_size=len(source), image_size=224,
+                                           gt_format=gt_format, gt_size=224))
+  maps = evaluator.gt_maps_from_batch(batch, 224, 224)
+  return gt_format, {i.decode(): m for i, m in zip(batch["id"], maps)}
+
+
+def test_gt_maps_equal_the_official_functions_of_the_raw_annotations(built):
+  data, truth = built["api"], built["truth"]
+  fmt, maps = _gt_maps(data, "flickr_soundnet/10k")
+  assert fmt == "flickr256" and sorted(maps) == ["t0", "t1"]
+  for ident, xml in truth["flickr"]["xml"].items():
+    expected = evaluation.flickr_gt_map(xml, 224)
+    assert set(np.unique(expected)) == {0.0, 0.5, 1.0}
+    np.testing.assert_array_equal(maps[ident], expected)
+  fmt, maps = _gt_maps(data, "vggss")
+  assert fmt == "unit" and sorted(maps) == ["v0", "v1"]
+  for item in truth["vgg"]["annotations"][:2]:
+    np.testing.assert_array_equal(maps[item["file"]], evaluation.vggss_gt_map(item["bbox"], 224))
+  fmt, maps = _gt_maps(data, "folder")
+  assert fmt == "pixels"
+  np.testing.assert_array_equal(maps["ann01"], evaluation.box_gt_map(
+      [[0, 0, 28, 84], [56, 56, 224, 224]], 224))
+
+
+def test_flickr_reports_missing_test_ids_and_keeps_test_out_of_training(built):
+  data, truth = built["api"], built["truth"]["flickr"]
+  meta = tfds.builder("flickr_soundnet/10k", data_dir=data).info.metadata
+  assert meta["missing_test_ids"] == ["t2"] and meta["test_ids_removed_from_train"] == 1
+  assert meta["gt_format"] == "flickr256" and meta["skipped"] == []
+  ids = set(_by_id(_source(data, "flickr_soundnet/10k", "train")))
+  val = set(_by_id(_source(data, "flickr_soundnet/10k", "validation")))
+  assert ids | val == set(truth["train_ids"]) and not ids & val and "t1" not in ids
+
+
+def test_vggsound_configs_and_vggss_annotations(built):
+  data, truth = built["api"], built["truth"]["vgg"]
+  full = set(_by_id(_source(data, "vggsound/full", "train"))) | set(
+      _by_id(_source(data, "vggsound/full", "validation")))
+  assert full == set(truth["ids"])  # v0.mp4 is a VGG-SS test clip: kept out
+  assert tfds.builder("vggsound/full", data_dir=data).info.metadata["vggss_ids_removed"] == 1
+  sub = set(_by_id(_source(data, "vggsound/144k", "train"))) | set(
+      _by_id(_source(data, "vggsound/144k", "validation")))
+  assert sub == set(truth["ids"][:-1])
+  test = _by_id(_source(data, "vggss", "test"))
+  assert tfds.builder("vggss", data_dir=data).info.metadata["missing_test_ids"] == ["v2"]
+  assert test["v0"]["class_name"] == b"playing violin"
+  np.testing.assert_array_equal(test["v0"]["gt_boxes"],
+                                np.float32(truth["annotations"][0]["bbox"]))  # raw, unclipped
+  assert test["v1"]["waveform"].shape == (160000,) and test["v0"]["image"].shape == (224, 224, 3)
+
+
+def test_a_fresh_process_reads_every_build(built):
+  code = ("import json, sys, tensorflow_datasets as tfds\n"
+          "out = {}\n"
+          "for name in sys.argv[2:]:\n"
+          "  for split in ('train', 'validation', 'test'):\n"
+          "    try: src = tfds.data_source(name, split=split, data_dir=sys.argv[1])\n"
+          "    except Exception: continue\n"
+          "    out[name + ':' + split] = sorted(src[i]['id'].decode() for i in range(len(src)))\n"
+          "print(json.dumps(out))\n")
+  names = [f"{n}/{c}" for n, c, _ in BUILDS]
+  proc = subprocess.run([sys.executable, "-c", code, built["cli"], *names], cwd="/",
+                        capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, PYTHONPATH=""))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert got["vggss/default:test"] == ["v0", "v1"] and got["flickr_soundnet/10k:test"] == ["t0", "t1"]
+  assert len(got["folder/default:train"]) == 10 and got["folder/default:test"] == ["ann00", "ann01"]
+  assert len(got["vggsound/full:train"]) == 9 and len(got["vggsound/full:validation"]) == 1
+
+
+def test_bad_media_stop_the_build_naming_the_file_or_are_skipped_and_counted(tmp_path):
+  manual = tmp_path / "m"
+  for i in range(4):
+    mf.write_image(str(manual / f"x{i}.jpg") if manual.exists() else (
+        os.makedirs(manual) or str(manual / f"x{i}.jpg")), seed=i)
+    mf.write_pcm_wav(str(manual / f"x{i}.wav"), mf.train_pcm(i))
+  bad = mf.write_corrupt(str(manual / "x2.wav"))
+  folder = _builder_class("folder")
+  with pytest.raises(DatasetError, match=f"{bad}: cannot be opened.*example 'x2'.*skip_bad"):
+    b = folder(config=builder_lib.RealDataConfig(name="w2", num_workers=2),
+               data_dir=str(tmp_path / "d1"), file_format="array_record")
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  b = _api_build("folder", builder_lib.RealDataConfig(name="skip", skip_bad=True, num_workers=1),
+                 str(manual), str(tmp_path / "d2"))
+  meta = b.info.metadata
+  assert [s["id"] for s in meta["skipped"]] == ["x2"] and bad in meta["skipped"][0]["error"]
+  ids = set(_by_id(b.as_data_source()["train"])) | set(_by_id(b.as_data_source()["validation"]))
+  assert ids == {"x0", "x1", "x3"}
+  reread = tfds.builder_from_directory(b.data_dir).info.metadata["skipped"]
+  assert [s["id"] for s in reread] == ["x2"]
+  os.remove(manual / "x1.wav")
+  with pytest.raises(DatasetError, match=r"x1.jpg: no sound file x1\.wav.*Expected layout: <id>.jpg"):
+    _api_build("folder", "default", str(manual), str(tmp_path / "d3"))
+  with pytest.raises(DatasetError, match=r"no training list flickr_20k.txt.*Expected layout: frames/"):
+    _api_build("flickr_soundnet", "20k", str(manual), str(tmp_path / "d4"))
+
+
+def test_training_checks_the_recorded_front_end(built):
+  from configs import default
+  from soundloc_jax import train
+  assert builder_lib.DEFAULT_AUDIO == default.LVS_AUDIO
+  config = ml_collections.ConfigDict({"audio": default.audio_config(default.LVS_AUDIO)})
+  train.check_audio_matches("vggsound/full", built["api"], config)
+  config.audio.noverlap = 274
+  with pytest.raises(DatasetError, match="differs in noverlap"):
+    train.check_audio_matches("vggsound/full", built["api"], config)
