@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import multiprocessing
 import os
 from collections.abc import Iterable, Iterator
@@ -76,7 +77,7 @@ class RealDataConfig(tfds.core.BuilderConfig):
   end (`audio.log_spectrogram` params); `num_workers`: preparation processes
   (0 = $SOUNDLOC_BUILD_WORKERS or all cores); `skip_bad`: skip and count bad
   media files instead of stopping; `num_validation`: held-out validation size
-  (at most a tenth of the training examples)."""
+  (at most max(1, a tenth of the training examples))."""
   audio: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_AUDIO))
   num_workers: int = 0
   skip_bad: bool = False
@@ -298,6 +299,54 @@ def prepare_all(tasks: list[Task], options: BuildOptions, skipped: list,
     if pool is not None:
       pool.terminate()
       pool.join()
+
+
+def scan_folder(manual_dir: str) -> tuple[list[Task], list[Task], list[str]]:
+  """`(unannotated tasks, annotated test tasks, problems)` of a flat folder of
+  `<id>.jpg|png` + `<id>.wav|flac|mp4|...` (+ `<id>.json` boxes in pixels of the
+  original image), the layout of the `folder` and `music_synthetic` builders."""
+  manual_dir = os.fspath(manual_dir)
+  stems: dict[str, list[str]] = {}
+  for name in sorted(os.listdir(manual_dir)):
+    stem, ext = os.path.splitext(name)
+    stems.setdefault(stem, []).append(ext.lower())
+  sounds = media.AUDIO_EXTENSIONS + media.VIDEO_EXTENSIONS
+  train, test, problems = [], [], []
+  for stem, exts in stems.items():
+    if not any(e in media.IMAGE_EXTENSIONS + sounds + (".json",) for e in exts):
+      continue  # unrelated files (README, lists, ...)
+    path = lambda ext: os.path.join(manual_dir, stem + ext)  # noqa: E731
+    image = next((path(e) for e in media.IMAGE_EXTENSIONS if e in exts), "")
+    sound = next((path(e) for e in sounds if e in exts), "")
+    video = sound if sound.endswith(media.VIDEO_EXTENSIONS) else ""
+    if not sound:
+      problems.append(f"{path(exts[0])}: no sound file {stem}.wav|.flac|.mp4|... next to it")
+      continue
+    if not image and not video:
+      problems.append(f"{sound}: no image {stem}.jpg|.png and not a video")
+      continue
+    task = dict(id=stem, audio=sound, image=image, video="" if image else video)
+    if ".json" in exts:
+      test.append(Task(**task, test=True, gt_boxes=read_boxes(path(".json"))))
+    else:
+      train.append(Task(**task))
+  return train, test, problems
+
+
+def read_boxes(path: str) -> tuple:
+  """Boxes of a `<id>.json`: `{"boxes": [[x0, y0, x1, y1], ...]}` or the bare list."""
+  try:
+    with open(path) as f:
+      data = json.load(f)
+    boxes = data["boxes"] if isinstance(data, dict) else data
+    boxes = [tuple(float(v) for v in b) for b in boxes]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise media.MediaError(f"{path}: expected {{\"boxes\": [[x0, y0, x1, y1], ...]}} "
+                           f"({type(e).__name__}: {e})") from e
+  if any(len(b) != 4 for b in boxes):
+    raise media.MediaError(f"{path}: every box needs 4 numbers [x0, y0, x1, y1]")
+  return tuple(boxes)
+
 
 
 def missing_files_error(name: str, manual_dir, layout: str, what: str) -> DatasetError:

@@ -54,11 +54,14 @@ def open_source(name: str, split: str, data_dir: str):
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir)
   except Exception as e:  # TFDS raises several types for "not prepared"
+    base, _, builder_config = name.partition("/")
+    config_flag = f" --config={builder_config}" if builder_config else ""
     raise DatasetError(
         f"dataset {name!r} split {split!r} is not available in data_dir {data_dir!r} "
         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Build it with "
-        f"`python -m soundloc_jax.tfds_build data_builders/{name} --data_dir={data_dir}`"
-        " (add --manual_dir=... for datasets made from your own files).") from e
+        f"`python -m soundloc_jax.tfds_build data_builders/{base}{config_flag} "
+        f"--data_dir={data_dir}` (add --manual_dir=... for datasets made from your own files; "
+        f"data_builders/{base}/README.md gives their layout).") from e
 
 
 GT_FORMATS = ("flickr256", "unit", "pixels")

@@ -7,6 +7,7 @@ boxes, the front end against scipy, the ground-truth maps against the
 official functions, a fresh-process read, the bad-file policy and presets.
 """
 
+import importlib
 import json
 import os
 import subprocess
@@ -24,11 +25,11 @@ from tests import media_fixtures as mf
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (dataset, config, manual layout key)
 BUILDS = [("folder", "default", "folder"), ("flickr_soundnet", "10k", "flickr"),
-          ("vggsound", "full", "vgg"), ("vggss", "default", "vgg")]
+          ("vggsound", "full", "vgg"), ("vggss", "default", "vgg"),
+          ("music_synthetic", "default", "music")]
 
 
 def _builder_class(name):
-  import importlib
   return importlib.import_module(f"data_builders.{name}.{name}_dataset_builder").Builder
 
 
@@ -46,9 +47,9 @@ def _env(**extra):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
   root = tmp_path_factory.mktemp("builders")
-  manual = {"folder": str(root / "folder"), "flickr": str(root / "flickr"), "vgg": str(root / "vgg")}
+  manual = {key: str(root / key) for key in ("folder", "flickr", "vgg", "music")}
   truth = {"folder": mf.folder_layout(manual["folder"]), "flickr": mf.flickr_layout(manual["flickr"]),
-           "vgg": mf.vggsound_layout(manual["vgg"])}
+           "vgg": mf.vggsound_layout(manual["vgg"]), "music": mf.music_layout(manual["music"])}
   cli_dir, api_dir = str(root / "cli"), str(root / "api")
   procs = [subprocess.Popen(
       [sys.executable, "-m", "soundloc_jax.tfds_build", f"data_builders/{name}",
@@ -170,6 +171,11 @@ def test_gt_maps_equal_the_official_functions_of_the_raw_annotations(built):
   assert fmt == "unit" and sorted(maps) == ["v0", "v1"]
   for item in truth["vgg"]["annotations"][:2]:
     np.testing.assert_array_equal(maps[item["file"]], evaluation.vggss_gt_map(item["bbox"], 224))
+  fmt, maps = _gt_maps(data, "music_synthetic")
+  assert fmt == "pixels" and sorted(maps) == ["test000", "test001"]
+  for ident, boxes in built["truth"]["music"].items():  # 64x64 grid -> 224: x 3.5, no crop
+    np.testing.assert_array_equal(maps[ident], evaluation.box_gt_map(np.multiply(boxes, 3.5), 224))
+    assert maps[ident].sum() == 2 * 112 * 112
   fmt, maps = _gt_maps(data, "folder")
   assert fmt == "pixels"
   np.testing.assert_array_equal(maps["ann01"], evaluation.box_gt_map(
@@ -259,3 +265,36 @@ def test_training_checks_the_recorded_front_end(built):
   config.audio.noverlap = 274
   with pytest.raises(DatasetError, match="differs in noverlap"):
     train.check_audio_matches("vggsound/full", built["api"], config)
+
+
+def test_music_synthetic_grids_use_the_1s_front_end(built):
+  train = _by_id(_source(built["api"], "music_synthetic", "train"))
+  assert len(train) == 9 and all(i.startswith("train") for i in train)
+  ex = next(iter(train.values()))
+  assert ex["spectrogram"].shape == (257, 98) and ex["image"].shape == (246, 246, 3)
+
+
+@pytest.mark.parametrize("method,preset", [
+    ("iterative", "flickr_10k"), ("iterative", "flickr_20k"), ("iterative", "music_synthetic"),
+    ("default", "vggsound_144k"), ("default", "flickr_144k")])
+def test_presets_match_their_builders_and_fail_clearly_without_data(tmp_path, method, preset):
+  from configs import datasets, default
+  from soundloc_jax import audio, train
+  config = importlib.import_module(f"configs.{method}").get_config(preset)
+  if method == "default":  # configs/hard_positive.py applies these through the same call
+    config = datasets.apply_preset(config, preset)
+  base, _, builder_config = config.dataset.name.partition("/")
+  configs = {c.name: c for c in _builder_class(base).BUILDER_CONFIGS}
+  recorded = configs[builder_config or "default"].audio
+  assert audio.params_dict(recorded) == audio.params_dict(config.audio)
+  for entry in config.dataset.test_splits:
+    other = entry.split(":")[0] if ":" in entry else base
+    assert os.path.isdir(os.path.join(REPO, "data_builders", other.split("/")[0])), entry
+  assert (config.dataset.image_size, config.eval.size, config.model.width) == (224, 224, 64)
+  assert config.eval.protocol == "median" and config.dataset.augment
+  config.dataset.data_dir = str(tmp_path / "no_data")
+  flag = f" --config={builder_config}" if builder_config else ""
+  with pytest.raises(DatasetError, match=f"tfds_build data_builders/{base}{flag} --data_dir="):
+    train.train_and_evaluate(config, str(tmp_path / "work"))
+  with pytest.raises(ValueError, match="unknown dataset preset 'flickr_1k'"):
+    datasets.apply_preset(config, "flickr_1k")

@@ -204,3 +204,34 @@ def vggsound_layout(root, n_train: int = 10) -> dict:
   with open(os.path.join(root, "vggsound_144k.txt"), "w") as f:
     f.write("\n".join(ids[:n_train - 1]) + "\n")
   return {"ids": ids, "annotations": annotations}
+
+
+def grid_image(colours, cell: int = 32) -> np.ndarray:
+  """2x2 grid of flat cells (row-major colours), RGB uint8."""
+  img = np.zeros((2 * cell, 2 * cell, 3), np.uint8)
+  for k, colour in enumerate(colours):
+    r, c = divmod(k, 2)
+    img[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = colour
+  return img
+
+
+def music_layout(root, n_train: int = 10) -> dict:
+  """`music_synthetic` manual_dir: n_train grids + 1.5 s mixtures in train/,
+  two test grids whose sounding cells (json boxes) are cells (0, 3) and (1, 2)."""
+  import json
+  rng = np.random.default_rng(7)
+  for split, n in (("train", n_train), ("test", 2)):
+    os.makedirs(os.path.join(root, split), exist_ok=True)
+    for i in range(n):
+      ident = f"{split}{i:03d}"
+      write_image(os.path.join(root, split, ident + ".png"),
+                  grid_image(rng.integers(0, 256, (4, 3))))
+      write_pcm_wav(os.path.join(root, split, ident + ".wav"), train_pcm(i, seconds=1.5))
+  cells = {"test000": (0, 3), "test001": (1, 2)}
+  boxes = {}
+  for ident, pair in cells.items():
+    boxes[ident] = [[32 * (k % 2), 32 * (k // 2), 32 * (k % 2) + 32, 32 * (k // 2) + 32]
+                    for k in pair]
+    with open(os.path.join(root, "test", ident + ".json"), "w") as f:
+      json.dump({"boxes": boxes[ident]}, f)
+  return boxes

@@ -24,61 +24,15 @@ image nor a video is an error naming the file (or skipped and counted with
 
 from __future__ import annotations
 
-import json
 import os
 
 import tensorflow_datasets as tfds
 
-from soundloc_jax import builder_lib, media
+from soundloc_jax import builder_lib
 
 LAYOUT = """<id>.jpg|.jpeg|.png (frame, optional with a video) + <id>.wav|.flac|.mp3|.mp4|.mkv|...
 (sound) [+ <id>.json {"boxes": [[x0, y0, x1, y1], ...]} in original-image pixels -> test
 split], all in manual_dir itself"""
-
-
-def scan(manual_dir: str) -> tuple[list[builder_lib.Task], list[builder_lib.Task], list[str]]:
-  """(train+validation tasks, test tasks, problems) of a folder."""
-  manual_dir = os.fspath(manual_dir)
-  stems: dict[str, list[str]] = {}
-  for name in sorted(os.listdir(manual_dir)):
-    stem, ext = os.path.splitext(name)
-    stems.setdefault(stem, []).append(ext.lower())
-  sounds = media.AUDIO_EXTENSIONS + media.VIDEO_EXTENSIONS
-  train, test, problems = [], [], []
-  for stem, exts in stems.items():
-    if not any(e in media.IMAGE_EXTENSIONS + sounds + (".json",) for e in exts):
-      continue  # unrelated files (README, lists, ...)
-    path = lambda ext: os.path.join(manual_dir, stem + ext)  # noqa: E731
-    image = next((path(e) for e in media.IMAGE_EXTENSIONS if e in exts), "")
-    sound = next((path(e) for e in sounds if e in exts), "")
-    video = sound if sound.endswith(media.VIDEO_EXTENSIONS) else ""
-    if not sound:
-      problems.append(f"{path(exts[0])}: no sound file {stem}.wav|.flac|.mp4|... next to it")
-      continue
-    if not image and not video:
-      problems.append(f"{sound}: no image {stem}.jpg|.png and not a video")
-      continue
-    task = dict(id=stem, audio=sound, image=image, video="" if image else video)
-    if ".json" in exts:
-      test.append(builder_lib.Task(**task, test=True, gt_boxes=read_boxes(path(".json"))))
-    else:
-      train.append(builder_lib.Task(**task))
-  return train, test, problems
-
-
-def read_boxes(path: str) -> tuple:
-  """Boxes of a `<id>.json`: `{"boxes": [[x0, y0, x1, y1], ...]}` or the bare list."""
-  try:
-    with open(path) as f:
-      data = json.load(f)
-    boxes = data["boxes"] if isinstance(data, dict) else data
-    boxes = [tuple(float(v) for v in b) for b in boxes]
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise media.MediaError(f"{path}: expected {{\"boxes\": [[x0, y0, x1, y1], ...]}} "
-                           f"({type(e).__name__}: {e})") from e
-  if any(len(b) != 4 for b in boxes):
-    raise media.MediaError(f"{path}: every box needs 4 numbers [x0, y0, x1, y1]")
-  return tuple(boxes)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -101,7 +55,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     manual_dir = dl_manager.manual_dir
     if not os.path.isdir(manual_dir):
       raise builder_lib.missing_files_error("folder", manual_dir, LAYOUT, "no such directory")
-    train, test, problems = scan(manual_dir)
+    train, test, problems = builder_lib.scan_folder(manual_dir)
     options = builder_lib.resolve_options(cfg, box_space="original")
     skipped = self.info.metadata["skipped"]
     for problem in problems:
