@@ -86,6 +86,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.width = 16                 # 64 in the papers
   c.model.layer4_stride = 1          # 1: 224 -> 14x14 map (LVS); 64 -> 4x4
   c.model.compute_dtype = "float32"  # "bfloat16" on GPU/TPU
+  # The released LVS model (configs/lvs_released.py) uses 1 and "max".
+  c.model.audio_layer4_stride = 2
+  c.model.audio_pool = "mean"        # spatial pooling of the audio map: "mean" | "max"
+  # Start the visual stream from this directory, written by
+  # `python -m soundloc_jax.tools.import_torchvision_resnet18` (ImageNet
+  # ResNet-18 in the papers; needs model.width = its width, 64). "" = random.
+  c.model.init_visual = ""
 
   c.method = ml_collections.ConfigDict()
   c.method.name = "contrastive"

@@ -9,8 +9,8 @@ Contract (what losses, training, evaluation and inference rely on):
 and returns a dict of float32 arrays:
   * `visual_features` `[B, h, w, d]`: layer4 patch features, L2-normalised
     over d (h = H/16 with the default layer4 stride 1);
-  * `audio_embedding` `[B, d]`: global-average-pooled audio layer4 features,
-    L2-normalised;
+  * `audio_embedding` `[B, d]`: global-average-pooled audio layer4 features
+    (max-pooled with `audio_pool="max"`, as the released LVS model), L2-normalised;
   * `response` `[B, h, w]`: cosine similarity of the audio embedding with each
     patch (ICL's R = V * a, before Eq. 1's min-max, which
     `losses.normalize_response` and the evaluator apply where needed).
@@ -24,10 +24,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from soundloc_jax.errors import ConfigError
 from soundloc_jax.models.resnet import ResNet18
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Spatial pooling of the audio layer4 map (ours: mean; the LVS release: max).
+AUDIO_POOLS = {"mean": jnp.mean, "max": jnp.max}
 
 
 def normalize_image(image):
@@ -46,20 +49,30 @@ def l2_normalize(x, axis=-1, eps=1e-12):
 class AVModel(nnx.Module):
   """Visual ResNet-18 (feature map) + audio ResNet-18 (pooled embedding)."""
 
-  def __init__(self, *, width: int = 64, layer4_stride: int = 1, dtype=jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(self, *, width: int = 64, layer4_stride: int = 1, audio_layer4_stride: int = 2,
+               audio_pool: str = "mean", dtype=jnp.float32, rngs: nnx.Rngs):
+    if audio_pool not in AUDIO_POOLS:
+      raise ConfigError(f"config.model.audio_pool: unknown {audio_pool!r}; available: "
+                        f"{', '.join(AUDIO_POOLS)}")
     self.visual = ResNet18(3, width=width, layer4_stride=layer4_stride, dtype=dtype, rngs=rngs)
-    self.audio = ResNet18(1, width=width, layer4_stride=2, dtype=dtype, rngs=rngs)
+    self.audio = ResNet18(1, width=width, layer4_stride=audio_layer4_stride, dtype=dtype,
+                          rngs=rngs)
+    self.audio_pool = audio_pool
 
   def __call__(self, image, spectrogram):
     visual = l2_normalize(self.visual(normalize_image(image)))
     audio_map = self.audio(spectrogram[..., None])
-    audio = l2_normalize(jnp.mean(audio_map.astype(jnp.float32), axis=(1, 2)))
+    audio = l2_normalize(AUDIO_POOLS[self.audio_pool](audio_map.astype(jnp.float32),
+                                                      axis=(1, 2)))
     response = jnp.einsum("bhwd,bd->bhw", visual, audio)
     return {"visual_features": visual, "audio_embedding": audio, "response": response}
 
 
 def build_model(model_config, seed: int = 0) -> AVModel:
-  """AVModel from `config.model` (width, layer4_stride, compute_dtype)."""
+  """AVModel from `config.model` (width, layer4_stride, compute_dtype; the
+  audio options default to their values before they existed, so a config.json
+  written earlier builds the same model)."""
   return AVModel(width=model_config.width, layer4_stride=model_config.layer4_stride,
+                 audio_layer4_stride=model_config.get("audio_layer4_stride", 2),
+                 audio_pool=model_config.get("audio_pool", "mean"),
                  dtype=jnp.dtype(model_config.compute_dtype), rngs=nnx.Rngs(seed))
