@@ -175,6 +175,19 @@ def test_lvs_import_matches_torch_through_load(lvs_workdir):
   assert set(av_model.AUDIO_POOLS) == {"mean", "max"}
 
 
+def test_eval_command_config_is_the_recorded_one(lvs_workdir):
+  """`--mode=eval --config=configs/lvs_released.py` (the README's command) builds
+  the config the import recorded in config.json (width: the fixture's)."""
+  import json
+
+  from configs import lvs_released
+  with open(os.path.join(lvs_workdir, "config.json")) as f:
+    recorded = json.load(f)
+  config = lvs_released.get_config("vggss")
+  config.model.width = 4
+  assert json.loads(config.to_json_best_effort()) == recorded
+
+
 def test_lvs_import_refuses_a_used_workdir_and_a_non_lvs_file(lvs_workdir, tmp_path, capsys):
   assert import_lvs.main(["--checkpoint", LVS_PTH, "--out", lvs_workdir]) == 2
   assert "already holds checkpoints" in capsys.readouterr().err
