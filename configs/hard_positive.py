@@ -1,7 +1,8 @@
 """HardPos ("Learning Sound Localization Better from Semantically Similar Samples").
 
 `--config=configs/hard_positive.py[:PRESET][,neighbours=KIND]`
-  PRESET      "" (default): the embedded av_digits demo.
+  PRESET      "" (default): the embedded av_digits demo; vggsound_144k
+              (Table 1) or flickr_144k (Table 2): real data (configs/datasets.py).
   KIND        mined (default): hard positives from the neighbours file that
               `python -m soundloc_jax.mine --workdir=BASELINE_WORKDIR` writes
               from a Vanilla-LVS run (`configs/lvs.py:,variant=vanilla`); pass
@@ -22,10 +23,10 @@ Values (the loss rules are in `soundloc_jax/hardpos_losses.py`):
 
 import ml_collections
 
-from configs import default
+from configs import datasets, default
 
 NEIGHBOURS = ("mined", "random")
-PRESETS = ("",)
+PRESETS = ("", "vggsound_144k", "flickr_144k")
 DEMO_NUM_NEIGHBOURS = 300
 
 
@@ -43,4 +44,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.epsilon = 0.65
   c.method.mask_tau = 0.03
   c.method.temperature = 0.07
-  return c
+  return datasets.apply_preset(c, preset)
