@@ -195,14 +195,16 @@ def model_inputs(batch, method: methods.Method):
   return image, spectrogram
 
 
-def make_predict_fn(graphdef):
-  """Jitted eval-mode forward: `(params, batch_stats, image, spectrogram) -> response`."""
+def make_predict_fn(graphdef, outputs: str = "response"):
+  """Jitted eval-mode forward: `(params, batch_stats, image, spectrogram) -> response`
+  (`outputs="all"`: the model's output dict, which retrieval scoring needs)."""
 
   @jax.jit
   def predict(params, batch_stats, image, spectrogram):
     model = nnx.merge(graphdef, params, batch_stats)
     model.eval()
-    return model(image, spectrogram)["response"]
+    out = model(image, spectrogram)
+    return out if outputs == "all" else out["response"]
 
   return predict
 
@@ -237,8 +239,17 @@ def check_and_record_config(config, workdir: str, has_checkpoint: bool) -> None:
   _write_atomic(path, config.to_json_best_effort(indent=1))
 
 
+def is_primary() -> bool:
+  """Process 0 writes the run's files (records, metrics, reports, plots); with
+  several processes the others compute the same values and write nothing
+  (orbax coordinates the checkpoint writes itself)."""
+  return jax.process_index() == 0
+
+
 def _write_atomic(path: str, text: str) -> None:
   """Write-then-rename, so a kill -9 never leaves a truncated file behind."""
+  if not is_primary():
+    return
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
     f.write(text)
@@ -318,18 +329,20 @@ class MetricsWriter:
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = is_primary()
     # A run killed mid-write leaves a partial last line: drop it, so every
     # line stays JSON (a resumed run appends the steps after its checkpoint
     # again; readers keep the last record per step and split).
-    if os.path.exists(self.path):
+    if self.enabled and os.path.exists(self.path):
       with open(self.path, "rb+") as f:
         data = f.read()
         if data and not data.endswith(b"\n"):
           f.truncate(data.rfind(b"\n") + 1)
 
   def write(self, record: dict, echo: str | None = None) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    if self.enabled:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
     if echo:  # tqdm.write keeps an active progress bar intact
       tqdm.tqdm.write(echo)
       sys.stdout.flush()
@@ -351,7 +364,12 @@ def resolve_dataset(name: str, data_dir: str, build_if_missing: bool) -> str:
     from soundloc_jax import demo_data
     name = demo_data.dataset_name(name)
     if build_if_missing:
-      demo_data.ensure_built(data_dir, name)
+      # One process builds; the others wait for it instead of racing on the files.
+      if is_primary():
+        demo_data.ensure_built(data_dir, name)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"dataset {name} ready")
   return name
 
 
@@ -412,7 +430,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   total_steps = steps_per_epoch * config.num_epochs
   stop_step = min(total_steps, config.max_steps) if config.max_steps else total_steps
   writer = MetricsWriter(workdir)
-  predict = make_predict_fn(graphdef)
+  predict = make_predict_fn(graphdef, outputs="all")
   val_eval = evaluator.SplitEvaluator(ds_cfg.validation_split, val_source, config)
   overlay_ids = np.linspace(0, len(val_source) - 1, config.eval.num_overlays).astype(int)
   step_fns = {}
@@ -552,13 +570,15 @@ def _check_finite(state, step: int, ckpt, config) -> int:
 def _evaluate_epoch(val_eval, predict, state, epoch, step, writer, workdir, overlay_ids,
                     val_source, config) -> dict:
   t0 = time.time()
-  res = val_eval.run(lambda im, sp: predict(state["params"], state["batch_stats"], im, sp))
+  # Retrieval too (val_r1, val_r5): the only score of an unannotated split.
+  res = val_eval.run(lambda im, sp: predict(state["params"], state["batch_stats"], im, sp),
+                     retrieval=True)
   metrics = {f"val_{k}": float(v) for k, v in res.items()}
   writer.write({"step": step, "epoch": epoch, "split": val_eval.name, **res.metrics},
-               echo=f"epoch {epoch} {val_eval.name}: cIoU {res.metrics['ciou']:.3f} "
-                    f"AUC {res.metrics['auc']:.3f} (median protocol: cIoU "
-                    f"{res.metrics['ciou_median']:.3f} AUC {res.metrics['auc_median']:.3f}) "
-                    f"[{time.time() - t0:.1f}s]")
+               echo=f"epoch {epoch} {val_eval.name}: "
+                    f"{res.describe(config.eval.success_threshold)} [{time.time() - t0:.1f}s]")
+  if not is_primary():
+    return metrics
   overlay_dir = os.path.join(workdir, "overlays")
   os.makedirs(overlay_dir, exist_ok=True)
   evaluator.save_overlays(res, overlay_ids, val_source, config,
@@ -573,7 +593,7 @@ def evaluate_splits(config, workdir, graphdef, state, name, data_dir, splits,
   An entry is a split of the training dataset (`"test"`) or of another one
   (`"other_dataset:test"`, e.g. train on VGGSound, test on Flickr too).
   """
-  predict = predict or make_predict_fn(graphdef)
+  predict = predict or make_predict_fn(graphdef, outputs="all")
   out = {}
   for entry in splits:
     split_name, split = name, entry
@@ -584,12 +604,10 @@ def evaluate_splits(config, workdir, graphdef, state, name, data_dir, splits,
     res = evaluator.SplitEvaluator(entry, source, config).run(
         lambda im, sp: predict(state["params"], state["batch_stats"], im, sp))
     report_dir = os.path.join(workdir, "eval", entry.replace("/", "_").replace(":", "_"))
-    evaluator.write_report(res, report_dir, source, config)
-    print(f"{entry}: cIoU@{config.eval.success_threshold} {res.metrics['ciou']:.3f} "
-          f"[{res.metrics['ciou_ci95_lo']:.3f}, {res.metrics['ciou_ci95_hi']:.3f}] "
-          f"AUC {res.metrics['auc']:.3f} | median protocol cIoU {res.metrics['ciou_median']:.3f} "
-          f"AUC {res.metrics['auc_median']:.3f} (n={res.metrics['n']}); report in "
-          f"{report_dir}", flush=True)
+    if is_primary():
+      evaluator.write_report(res, report_dir, source, config)
+    print(f"{entry}: {res.describe(config.eval.success_threshold)}; report in {report_dir}",
+          flush=True)
     out[entry] = res.metrics
   return out
 
