@@ -263,3 +263,57 @@ def test_mine_and_train_errors_are_one_line(demo_data_dir, tmp_path):
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and "neighbours_path" in errors[0] and "soundloc_jax.mine" in errors[0]
   assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# Two simulated devices (a subprocess: the device count is fixed at JAX start)
+# ---------------------------------------------------------------------------
+
+def _two_device_main():
+  """2 HardPos steps on a 2-device and a 1-device mesh of the same process."""
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+  from soundloc_jax import distributed, methods
+  train.enable_compilation_cache()
+  assert jax.device_count() == 2, jax.devices()
+  config = hard_positive.get_config("")
+  config.model.width, config.batch_size, config.optimizer.name = 4, 8, "sgd"
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.integers(0, 256, (8, 2, 64, 64, 3), dtype=np.uint8),
+              "spectrogram": rng.normal(size=(8, 2, 64, 63)).astype(np.float32),
+              "negative_mask": rng.random((8, 8)) < 0.6} for _ in range(2)]
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    optimizer = train.make_optimizer(config)
+    graphdef, state = train.create_train_state(config, optimizer)
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    step = train.make_train_step(graphdef, methods.get("hardpos"), config.method, optimizer,
+                                 False, mesh)
+    losses = []
+    for batch in batches:
+      state, metrics = step(state, distributed.global_batch(
+          batch, mesh, keys=input_pipeline.NEIGHBOUR_DEVICE_KEYS))
+      losses.append(float(metrics["loss"]))
+    results.append((losses, jax.tree.leaves(jax.device_get((state["params"],
+                                                             state["batch_stats"])))))
+  (loss_one, leaves_one), (loss_two, leaves_two) = results
+  assert loss_one[0] != loss_one[1]
+  np.testing.assert_allclose(loss_two, loss_one, rtol=1e-5)
+  for a, b in zip(leaves_one, leaves_two):
+    np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-4)
+  print("two-device losses", loss_two, "one-device", loss_one)
+
+
+def test_two_devices_match_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+  assert "two-device losses" in proc.stdout
+
+
+if __name__ == "__main__":
+  _two_device_main()
