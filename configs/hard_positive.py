@@ -13,6 +13,9 @@ Values (the loss rules are in `soundloc_jax/hardpos_losses.py`):
   epsilon = 0.65, mask_tau = 0.03   Sec. 3.2 (following LVS), raw cosine.
   temperature = 0.07                Eq. 5-6 show no temperature; LVS's code
                                     divides its logits by 0.07, so do we.
+  negative_pooling = "mean"         Eq. 5: other images' maps spatially
+                                    averaged; "masked" soft-masks them as
+                                    LVS's released code does.
   num_neighbours (K) = 1000         Sec. 3.2 (VGGSound / Flickr 144k). The
                                     demo uses 300: the paper picks K near the
                                     clips per class (300-1000 in VGGSound), and
@@ -44,4 +47,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.epsilon = 0.65
   c.method.mask_tau = 0.03
   c.method.temperature = 0.07
+  c.method.negative_pooling = "mean"
   return datasets.apply_preset(c, preset)

@@ -26,7 +26,10 @@ Interpretation choices (the paper leaves these open):
   stop-gradiented (as LVS). Computed as sum softmax(log m) * alpha, which is
   exactly that ratio but cannot divide by zero when every mask value underflows.
 * Negatives N_i are the batch's BASE images l with `negative_mask[i, l]`,
-  scored by the plain spatial mean of alpha(A_i, V_l) (Eq. 5). Eq. 4's
+  scored by the plain spatial mean of alpha(A_i, V_l) (Eq. 5, default
+  `negative_pooling="mean"`), or with `"masked"` by the soft-masked response
+  of alpha(A_i, V_l) with its own mask, as the positives (what LVS's released
+  code does for its negatives; see the README's demo finding). Eq. 4's
   complement of P_iA u P_iV would contain i itself; the base pair is the
   positive, so the host-built mask must exclude l = i as well (the pipeline's
   does). The neighbours' images are not negatives of other rows.
@@ -47,7 +50,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from soundloc_jax.lvs_losses import masked_response
+from soundloc_jax.lvs_losses import NEGATIVE_POOLINGS, masked_response
 
 
 def positive_responses(visual_features, audio_embedding, *, epsilon=0.65, mask_tau=0.03):
@@ -61,20 +64,28 @@ def positive_responses(visual_features, audio_embedding, *, epsilon=0.65, mask_t
   return jnp.stack([pos[:, 0, 0], pos[:, 1, 0], pos[:, 0, 1], pos[:, 1, 1]], axis=1)
 
 
-def negative_scores(visual_features, audio_embedding):
-  """`[B, B]`: [i, l] = spatial mean of alpha(A_i, V_l) over the base images."""
+def negative_scores(visual_features, audio_embedding, *, pooling="mean", epsilon=0.65,
+                    mask_tau=0.03):
+  """`[B, B]`: [i, l] = pooled alpha(A_i, V_l) over the base images: the spatial
+  mean, or ("masked") the soft-masked response."""
   base_image = visual_features[:, 0].astype(jnp.float32)
   base_audio = audio_embedding[:, 0].astype(jnp.float32)
-  # The mean over patches commutes with the dot product.
-  return jnp.einsum("ld,id->il", jnp.mean(base_image, axis=(1, 2)), base_audio)
+  if pooling == "mean":  # the mean over patches commutes with the dot product
+    return jnp.einsum("ld,id->il", jnp.mean(base_image, axis=(1, 2)), base_audio)
+  maps = jnp.einsum("lhwd,id->ilhw", base_image, base_audio)
+  return masked_response(maps, jax.nn.log_sigmoid((maps - epsilon) / mask_tau))
 
 
 def hardpos_loss(visual_features, audio_embedding, negative_mask, *, epsilon=0.65,
-                 mask_tau=0.03, temperature=0.07):
+                 mask_tau=0.03, temperature=0.07, negative_pooling="mean"):
   """HardPos Eq. 5-6 (rules in the module docstring). Returns `(loss, aux)`."""
+  if negative_pooling not in NEGATIVE_POOLINGS:
+    raise ValueError(f"hardpos_loss: negative_pooling {negative_pooling!r} not in "
+                     f"{NEGATIVE_POOLINGS}")
   positives = positive_responses(visual_features, audio_embedding, epsilon=epsilon,
                                  mask_tau=mask_tau)
-  negatives = negative_scores(visual_features, audio_embedding)
+  negatives = negative_scores(visual_features, audio_embedding, pooling=negative_pooling,
+                              epsilon=epsilon, mask_tau=mask_tau)
   mask = negative_mask.astype(bool)
   neg_inf = jnp.finfo(jnp.float32).min
   negative_logits = jnp.where(mask, negatives / temperature, neg_inf)

@@ -104,7 +104,8 @@ def _hardpos_loss(outputs, teacher_outputs, batch, cfg, rng):
   visual = visual.reshape((-1, 2) + visual.shape[1:])
   audio = audio.reshape((-1, 2) + audio.shape[1:])
   return hardpos_losses.hardpos_loss(visual, audio, batch["negative_mask"], epsilon=cfg.epsilon,
-                                     mask_tau=cfg.mask_tau, temperature=cfg.temperature)
+                                     mask_tau=cfg.mask_tau, temperature=cfg.temperature,
+                                     negative_pooling=cfg.get("negative_pooling", "mean"))
 
 
 register(Method("hardpos", _hardpos_loss, needs_neighbours=True))

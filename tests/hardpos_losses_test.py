@@ -1,4 +1,5 @@
-"""hardpos_losses vs a slow float64 reference written straight from Eq. 2, 3, 5, 6.
+"""hardpos_losses vs a slow float64 reference written straight from Eq. 2, 3, 5, 6
+(and the soft-masked negatives of LVS's code, `negative_pooling="masked"`).
 
 The reference loops over rows and patches in NumPy float64, forms each soft
 mask and each ratio <m, alpha>/|m| literally, sums exp() of the positives and
@@ -42,7 +43,8 @@ def _mean(alpha):
   return sum(values) / len(values)
 
 
-def reference_loss(visual, audio, negative_mask, epsilon=EPS, mask_tau=MASK_TAU, temperature=TEMP):
+def reference_loss(visual, audio, negative_mask, epsilon=EPS, mask_tau=MASK_TAU, temperature=TEMP,
+                   negative_pooling="mean"):
   visual = np.asarray(visual, np.float64)
   audio = np.asarray(audio, np.float64)
   batch = visual.shape[0]
@@ -58,7 +60,10 @@ def reference_loss(visual, audio, negative_mask, epsilon=EPS, mask_tau=MASK_TAU,
     negative = 0.0
     for l in range(batch):
       if negative_mask[i][l]:
-        negative += math.exp(_mean(_alpha(base_audio, visual[l, 0])) / temperature)
+        alpha = _alpha(base_audio, visual[l, 0])
+        score = (_mean(alpha) if negative_pooling == "mean"
+                 else _masked(alpha, epsilon, mask_tau))
+        negative += math.exp(score / temperature)
     total += -math.log(positive / (positive + negative))
   return total / batch
 
@@ -102,12 +107,14 @@ def random_case(seed, batch=5, h=3, w=3, d=6):
 
 def test_loss_matches_reference_on_many_random_cases():
   loss_fn = jax.jit(hardpos_losses.hardpos_loss,
-                    static_argnames=("epsilon", "mask_tau", "temperature"))
+                    static_argnames=("epsilon", "mask_tau", "temperature", "negative_pooling"))
   values = []
   for seed in range(80):  # masks: random, empty rows / unused columns, all, one row
     visual, audio, mask = random_case(seed, batch=3 + seed % 5)
     # The paper's values, and a softer setting where losses are O(1).
     kwargs = {} if seed % 2 else dict(epsilon=0.3, mask_tau=0.1, temperature=0.5)
+    if seed % 3 == 0:  # LVS-code negatives
+      kwargs["negative_pooling"] = "masked"
     loss, aux = loss_fn(visual, audio, mask, **kwargs)
     expected = reference_loss(visual, audio, mask, **kwargs)
     values.append(expected)
@@ -139,6 +146,8 @@ def test_other_hyperparameters_and_bfloat16_inputs_stay_float32():
 def test_gradients_match_finite_differences_of_reference(seed):
   visual, audio, mask = random_case(100 + seed, batch=4, h=2, w=2, d=5)
   kwargs = {} if seed % 2 else dict(epsilon=0.3, mask_tau=0.1, temperature=0.5)
+  if seed >= 2:
+    kwargs["negative_pooling"] = "masked"
   grad_v, grad_a = jax.grad(lambda v, a: hardpos_losses.hardpos_loss(v, a, mask, **kwargs)[0],
                             argnums=(0, 1))(visual, audio)
   rng = np.random.default_rng(seed)
@@ -152,3 +161,9 @@ def test_gradients_match_finite_differences_of_reference(seed):
                      + np.sum(np.asarray(grad_a, np.float64) * da))
     assert abs(fd) > 1e-4  # a direction the loss really changes along
     np.testing.assert_allclose(analytic, fd, rtol=1e-3, atol=1e-6)
+
+
+def test_unknown_negative_pooling():
+  visual, audio, mask = random_case(0)
+  with pytest.raises(ValueError, match="negative_pooling"):
+    hardpos_losses.hardpos_loss(visual, audio, mask, negative_pooling="max")
