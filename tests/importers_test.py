@@ -221,6 +221,11 @@ def test_unexpected_and_missing_tensors_are_named():
     resnet_weights.assign_from_torch(net, state, "x.pth")
 
 
+def test_an_lvs_file_given_to_the_torchvision_importer_says_which_tool(tmp_path, capsys):
+  assert import_torchvision_resnet18.main(["--checkpoint", LVS_PTH, "--out", str(tmp_path)]) == 2
+  assert "an LVS model: use python -m soundloc_jax.tools.import_lvs" in capsys.readouterr().err
+
+
 def test_missing_file(tmp_path, capsys):
   missing = str(tmp_path / "resnet18.pth")
   assert import_torchvision_resnet18.main(["--checkpoint", missing, "--out",

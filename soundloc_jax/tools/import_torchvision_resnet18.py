@@ -12,9 +12,8 @@ prefix) or nested under `state_dict` is accepted; `fc.*` and
 
 from __future__ import annotations
 
-import sys
-
 import argparse
+import sys
 
 
 def convert(checkpoint: str, out: str) -> dict:
@@ -28,8 +27,9 @@ def convert(checkpoint: str, out: str) -> dict:
   state_dict = resnet_weights.find_state_dict(torch_pickle.load(checkpoint), checkpoint)
   stem = state_dict.get("conv1.weight")
   if stem is None or np.ndim(stem) != 4:
-    raise resnet_weights.WeightsError(f"{checkpoint}: no 4-D conv1.weight (not a torchvision "
-                                      "ResNet-18?)")
+    hint = ("an LVS model: use python -m soundloc_jax.tools.import_lvs"
+            if "imgnet.conv1.weight" in state_dict else "not a torchvision ResNet-18?")
+    raise resnet_weights.WeightsError(f"{checkpoint}: no 4-D conv1.weight ({hint})")
   width, in_channels = int(stem.shape[0]), int(stem.shape[1])
   resnet = ResNet18(in_channels, width=width, rngs=nnx.Rngs(0))
   used = resnet_weights.assign_from_torch(resnet, state_dict, checkpoint)
