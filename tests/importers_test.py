@@ -106,10 +106,10 @@ def test_converter_drops_fc_and_counters_and_records_its_source(resnet_dir):
     np.testing.assert_array_equal(npz["batch_stats/layers/3/1/bn2/var"],
                                   torch_state["layer4.1.bn2.running_var"])
   assert not any("fc" in n or "num_batches" in n for n in names)
-  # Every weight of the model, and only those: 20 convs/BNs' worth of tensors.
+  # Every weight of the model, and only those: 20 convolutions + 20 BatchNorms x 4.
   expected = sum(1 for k in torch_state if not k.startswith("fc.")
                  and not k.endswith("num_batches_tracked"))
-  assert len(names) == expected
+  assert len(names) == expected == 20 + 20 * 4
 
 
 def test_init_visual_starts_only_the_visual_stream(resnet_dir):
@@ -141,6 +141,8 @@ def test_init_visual_errors_name_the_directory(resnet_dir, tmp_path):
   config.model.init_visual = str(tmp_path / "nowhere")
   with pytest.raises(ConfigError, match="init_visual: .*nowhere does not exist"):
     train.create_train_state(config, train.make_optimizer(config))
+  # A caller about to restore a checkpoint does not need the directory.
+  train.create_train_state(config, train.make_optimizer(config), pretrained=False)
   config.model.init_visual = resnet_dir
   config.model.width = 8  # the directory holds width 6
   with pytest.raises(ConfigError, match=r"resnet18.npz: params/bn1/bias has shape \(6,\), "
