@@ -231,8 +231,8 @@ def check_and_record_config(config, workdir: str, has_checkpoint: bool) -> None:
     with open(path) as f:
       old = _strip_resumable(json.load(f))
     new = _strip_resumable(json.loads(config.to_json_best_effort()))
-    if old != new:
-      diff = sorted(_diff_keys(old, new))
+    diff = sorted(k for k in _diff_keys(old, new) if not _added_with_default(old, new, k))
+    if diff:
       raise TrainingError(
           f"workdir {workdir} holds a run with a different config (differs in: "
           f"{', '.join(diff[:8])}); use a new --workdir or the same config to resume")
@@ -254,6 +254,26 @@ def _write_atomic(path: str, text: str) -> None:
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+def _lookup(tree: dict, dotted: str):
+  node = tree
+  for part in dotted.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return KeyError
+    node = node[part]
+  return node
+
+
+def _added_with_default(old: dict, new: dict, key: str) -> bool:
+  """A field that a later version of the project added (absent from the run's
+  recorded config) at its default value does not change the run, so a workdir
+  from before the field existed still resumes."""
+  if _lookup(old, key) is not KeyError:
+    return False
+  from configs import default as default_config
+  defaults = json.loads(default_config.get_config().to_json_best_effort())
+  return _lookup(defaults, key) == _lookup(new, key) and _lookup(new, key) is not KeyError
 
 
 def _diff_keys(a, b, prefix=""):

@@ -137,6 +137,20 @@ def test_workdir_with_other_config_is_refused(demo_data_dir, tmp_path):
                              str(tmp_path))
 
 
+def test_workdir_from_before_a_new_config_field_still_resumes(demo_data_dir, tmp_path):
+  """A field added later at its default is not a change; one set otherwise is."""
+  train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=2), str(tmp_path))
+  path = tmp_path / "config.json"
+  recorded = json.loads(path.read_text())
+  del recorded["model"]["audio_pool"]  # as written before the field existed
+  path.write_text(json.dumps(recorded))
+  with pytest.raises(train.TrainingError, match=r"differs in: model\.audio_pool\)"):
+    train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=4, **{"model.audio_pool": "max"}),
+                             str(tmp_path))
+  train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=4), str(tmp_path))
+  assert json.loads(path.read_text())["model"]["audio_pool"] == "mean"
+
+
 # Learning needs more examples than the suite's reduced split: 4,000 training
 # examples (the full demo's train split), small validation / test splits.
 LEARNING_DATASET = "av_digits/small_4000_128_128"
