@@ -28,6 +28,7 @@ import io
 import json
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -269,6 +270,26 @@ def _prepare_or_error(args):
 # ----------------------------------------------------------------------------
 # Parallel driver.
 
+def _context():
+  """fork (workers inherit the imported modules) unless a JAX backend is up in
+  this process (its threads make fork unsafe): then forkserver, preloaded."""
+  methods = multiprocessing.get_all_start_methods()
+  jax_running = False
+  if "jax" in sys.modules:
+    try:
+      from jax._src import xla_bridge
+      jax_running = xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):
+      jax_running = True
+  if "fork" in methods and not jax_running:
+    return multiprocessing.get_context("fork")
+  if "forkserver" in methods:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+  return multiprocessing.get_context("spawn")
+
+
 def prepare_all(tasks: list[Task], options: BuildOptions, skipped: list,
                 log=None) -> Iterator[tuple[str, dict]]:
   """`(id, example)` for every task, prepared on `options.num_workers`
@@ -280,9 +301,7 @@ def prepare_all(tasks: list[Task], options: BuildOptions, skipped: list,
     results = map(_prepare_or_error, jobs)
     pool = None
   else:
-    # fork: workers inherit the imported modules (no re-import per worker).
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = multiprocessing.get_context(method).Pool(workers)
+    pool = _context().Pool(workers)
     results = pool.imap_unordered(_prepare_or_error, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers))))
   try:
     for key, example, error in results:
