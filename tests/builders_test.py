@@ -298,3 +298,29 @@ def test_presets_match_their_builders_and_fail_clearly_without_data(tmp_path, me
     train.train_and_evaluate(config, str(tmp_path / "work"))
   with pytest.raises(ValueError, match="unknown dataset preset 'flickr_1k'"):
     datasets.apply_preset(config, "flickr_1k")
+
+
+def test_split_evaluator_scores_a_real_test_split_with_its_gt_format_and_eval_audio(built):
+  """SplitEvaluator reads gt_format from the split's metadata, builds gt maps by
+  the official rule and feeds the LVS test spectrogram when eval.audio asks."""
+  from configs import default
+  config = default.get_config()
+  config.dataset.image_size = config.eval.size = 224
+  config.eval.protocol, config.eval.audio, config.eval.batch_size = "median", "lvs_test", 2
+  source = _source(built["api"], "vggss", "test")
+  truth = {it["file"]: it["bbox"] for it in built["truth"]["vgg"]["annotations"]}
+  seen = []
+
+  def predict(image, spectrogram):
+    seen.append((image.shape, spectrogram.shape))
+    # Responses shaped like each sample's own gt map (at 14x14).
+    return np.stack([evaluation.vggss_gt_map(truth[source[i]["id"].decode()], 14)
+                     for i in range(2)])
+
+  result = evaluator.SplitEvaluator("vggss:test", source, config).run(predict)
+  assert seen == [((2, 224, 224, 3), (2, 257, 671))]
+  assert result.ids == ["v0", "v1"] and result.metrics["n"] == 2
+  for i, ident in enumerate(result.ids):
+    np.testing.assert_array_equal(result.gt_maps[i], evaluation.vggss_gt_map(truth[ident], 224))
+  expected = evaluation.score_maps(result.responses, result.gt_maps, protocol="median", size=224)
+  np.testing.assert_allclose(result.cious, expected)
