@@ -169,77 +169,7 @@ def test_cli_writes_overlay_and_prints_the_peak(workdir, localizer, example, tmp
   assert 0 <= expected[0] < 96 and 0 <= expected[1] < 72
 
 
-def _bad_inputs(d, workdir, img, wav):
-  """name -> (argv, the path the error line must name)."""
-  import soundfile as sf
-  from PIL import Image
-  p = lambda name: os.path.join(d, name)  # noqa: E731
-  with open(p("corrupt.jpg"), "wb") as f:
-    f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
-  sf.write(p("silence.wav"), np.zeros((0,), np.float32), 16000)
-  open(p("empty.wav"), "wb").close()
-  with open(p("notes.wav"), "w") as f:
-    f.write("this is text, not audio\n")
-  with open(p("sound.xyz"), "wb") as f:
-    f.write(b"\0" * 64)
-  Image.new("1", (8000, 7000)).save(p("huge.png"))  # 56 MP, a few KB
-  os.makedirs(p("untrained"))
-  shutil.copy(os.path.join(workdir, "config.json"), p("untrained"))
-  shutil.copytree(workdir, p("wider"))
-  with open(p("wider/config.json")) as f:
-    config = json.load(f)
-  config["model"]["width"] = 8
-  with open(p("wider/config.json"), "w") as f:
-    json.dump(config, f)
-  w = f"--workdir={workdir}"
-  return {
-      "missing image": ([w, f"--image={p('nope.jpg')}", f"--audio={wav}"], p("nope.jpg")),
-      "corrupt image": ([w, f"--image={p('corrupt.jpg')}", f"--audio={wav}"], p("corrupt.jpg")),
-      "huge image": ([w, f"--image={p('huge.png')}", f"--audio={wav}"], p("huge.png")),
-      "zero-length wav": ([w, f"--image={img}", f"--audio={p('silence.wav')}"], p("silence.wav")),
-      "empty wav file": ([w, f"--image={img}", f"--audio={p('empty.wav')}"], p("empty.wav")),
-      "text as audio": ([w, f"--image={img}", f"--audio={p('notes.wav')}"], p("notes.wav")),
-      "unsupported extension": ([w, f"--image={img}", f"--audio={p('sound.xyz')}"],
-                                p("sound.xyz")),
-      "workdir without checkpoint": ([f"--workdir={p('untrained')}", f"--image={img}",
-                                      f"--audio={wav}"], p("untrained")),
-      "checkpoint of another model": ([f"--workdir={p('wider')}", f"--image={img}",
-                                       f"--audio={wav}"], p("wider")),
-      "missing workdir": ([f"--workdir={p('nowhere')}", f"--image={img}", f"--audio={wav}"],
-                          p("nowhere")),
-  }
-
-
-BAD_CASES = ["missing image", "corrupt image", "huge image", "zero-length wav", "empty wav file",
-             "text as audio", "unsupported extension", "workdir without checkpoint",
-             "checkpoint of another model", "missing workdir"]
-
-
-@pytest.fixture(scope="module")
-def bad_inputs(workdir, example, tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("bad_inputs"))
-  img, wav = _write_inputs(d, *example)
-  return _bad_inputs(d, workdir, img, wav)
-
-
-@pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_is_one_line_exit_2(case, bad_inputs, capsys):
-  argv, path = bad_inputs[case]
-  assert localize.main(argv) == 2
-  captured = capsys.readouterr()
-  lines = captured.err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error:"), captured.err
-  assert path in lines[0]
-  assert "Traceback" not in captured.err and not captured.out
-
-
-def test_bad_input_from_the_shell(bad_inputs):
-  argv, path = bad_inputs["corrupt image"]
-  proc = subprocess.run([sys.executable, "-m", "soundloc_jax.localize", *argv], cwd=REPO,
-                        capture_output=True, text=True, timeout=60)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().count("\n") == 0 and path in proc.stderr
-  assert "Traceback" not in proc.stderr
+# Bad inputs at the command line (files, workdirs, flags): tests/bad_input_test.py.
 
 
 def test_help_says_video_is_not_available(capsys):

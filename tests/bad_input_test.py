@@ -1,0 +1,197 @@
+"""Bad input at the two command lines, as one table.
+
+Each row runs `python -m soundloc_jax.main` (a subprocess: absl flags are
+process-global) or `soundloc_jax.localize.main` (in-process) and expects
+either a refusal (exit code 2, exactly one line on stderr, starting with
+"error:" and naming the offending path or key, no traceback) or, for inputs
+that are converted rather than refused, a normal run (exit 0).
+
+Decisions the table pins down: grayscale, palette and CMYK images are
+converted to RGB; images over `localize.MAX_MEGAPIXELS` (50) are refused (a
+decompression-bomb guard; downscale first); audio at any sample rate is
+resampled to the run's; a video given as `--audio` is refused with the
+ffmpeg commands to split it (`localize --video` does not exist yet).
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_builders.av_digits.av_digits_dataset_builder import synth_waveform
+from soundloc_jax import input_pipeline, localize, train
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_test import tiny_config  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tiny config of `tiny_config(data_dir, max_steps=2)` as command-line flags.
+TINY_FLAGS = ["--config=configs/iterative.py", "--config.model.width=4", "--config.batch_size=32",
+              "--config.num_epochs=3", "--config.method.init_epochs=1",
+              "--config.log_every_steps=4", "--config.eval.batch_size=64",
+              "--config.eval.num_overlays=4", "--config.max_steps=2"]
+
+
+@dataclasses.dataclass
+class Case:
+  entry: str         # "main" or "localize"
+  argv: list
+  names: tuple = ()  # substrings the error line must hold (path / key); () = must work
+
+
+@pytest.fixture(scope="module")
+def ctx(demo_data_dir, tmp_path_factory):
+  """A trained workdir, good inputs and the bad files, in one folder."""
+  import soundfile as sf
+  from PIL import Image
+  d = str(tmp_path_factory.mktemp("bad_input"))
+  p = lambda name: os.path.join(d, name)  # noqa: E731
+  workdir = p("run")
+  train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=2), workdir)
+  name, data_dir = train.prepare_data(tiny_config(demo_data_dir))
+  raw = input_pipeline.open_source(name, "test", data_dir)[3]
+  image = np.asarray(raw["image"])
+  wave = synth_waveform(int(raw["label"]), np.random.default_rng(7))
+
+  Image.fromarray(image).resize((96, 72), Image.BICUBIC).save(p("scene.png"))
+  sf.write(p("sound.wav"), np.stack([wave, wave], 1), 16000)
+  Image.fromarray(image).convert("L").save(p("gray.png"))
+  Image.fromarray(image).convert("CMYK").save(p("cmyk.jpg"))
+  Image.fromarray(image).convert("P").save(p("palette.png"))
+  import librosa
+  sf.write(p("sound_8k.wav"), librosa.resample(wave, orig_sr=16000, target_sr=8000), 8000)
+  sf.write(p("sound_44k.flac"), librosa.resample(wave, orig_sr=16000, target_sr=44100), 44100)
+  with open(p("corrupt.jpg"), "wb") as f:
+    f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+  sf.write(p("silence.wav"), np.zeros((0,), np.float32), 16000)
+  open(p("empty.wav"), "wb").close()
+  with open(p("notes.wav"), "w") as f:
+    f.write("this is text, not audio\n")
+  with open(p("sound.xyz"), "wb") as f:
+    f.write(b"\0" * 64)
+  with open(p("clip.mp4"), "wb") as f:
+    f.write(b"\0\0\0\x18ftypmp42" + b"\0" * 64)
+  Image.new("1", (8000, 7000)).save(p("huge.png"))  # 56 MP, a few KB
+  os.makedirs(p("untrained"))
+  shutil.copy(os.path.join(workdir, "config.json"), p("untrained"))
+  shutil.copytree(workdir, p("wider"))
+  with open(p("wider/config.json")) as f:
+    config = json.load(f)
+  config["model"]["width"] = 8
+  with open(p("wider/config.json"), "w") as f:
+    json.dump(config, f)
+  os.makedirs(p("empty_data"))
+  return {"d": d, "workdir": workdir, "data_dir": demo_data_dir}
+
+
+def _cases(c):
+  d, w, data = c["d"], c["workdir"], c["data_dir"]
+  p = lambda name: os.path.join(d, name)  # noqa: E731
+  img, wav = p("scene.png"), p("sound.wav")
+  loc = lambda image=img, audio=wav, workdir=w: Case(  # noqa: E731
+      "localize", [f"--workdir={workdir}", f"--image={image}", f"--audio={audio}",
+                   f"--out={p('overlay.png')}"])
+  main = lambda *flags, workdir=p("new_run"): Case(  # noqa: E731
+      "main", [*TINY_FLAGS, f"--config.dataset.data_dir={data}", f"--workdir={workdir}", *flags])
+
+  def refused(case, *names):
+    return dataclasses.replace(case, names=names)
+
+  return {
+      # --- python -m soundloc_jax.main ---
+      "unknown config key": refused(main("--config.method.tua=0.1"), "--config.method.tua"),
+      "ill-typed config value (int)": refused(main("--config.batch_size=abc"),
+                                              "--config.batch_size"),
+      "ill-typed config value (bool)": refused(main("--config.dataset.augment=maybe"),
+                                               "--config.dataset.augment"),
+      "unknown config value": refused(main("--config.optimizer.name=adamm"),
+                                      "config.optimizer.name", "adamm"),
+      "unknown preset": refused(Case("main", ["--config=configs/iterative.py:no_such_preset",
+                                              f"--workdir={p('new_run')}"]), "no_such_preset"),
+      "missing config file": refused(Case("main", ["--config=configs/no_such_file.py",
+                                                   f"--workdir={p('new_run')}"]),
+                                     "configs/no_such_file.py"),
+      "dataset not built": refused(main("--config.dataset.name=flickr_soundnet/10k",
+                                        f"--config.dataset.data_dir={p('empty_data')}"),
+                                   "flickr_soundnet", p("empty_data")),
+      "workdir holds a different config": refused(main("--config.method.tau=0.2", workdir=w),
+                                                  w, "method.tau"),
+      "checkpoint of another model (--mode=eval)": refused(
+          main("--config.model.width=8", "--mode=eval", workdir=w),
+          os.path.join(w, "checkpoints"), "model.width=4", "model.width=8"),
+      # --- python -m soundloc_jax.localize ---
+      "missing image": refused(loc(image=p("nope.jpg")), p("nope.jpg")),
+      "corrupt image": refused(loc(image=p("corrupt.jpg")), p("corrupt.jpg")),
+      "huge image (over 50 MP)": refused(loc(image=p("huge.png")), p("huge.png"), "megapixel"),
+      "grayscale image (converted)": loc(image=p("gray.png")),
+      "CMYK image (converted)": loc(image=p("cmyk.jpg")),
+      "palette image (converted)": loc(image=p("palette.png")),
+      "zero-length audio": refused(loc(audio=p("silence.wav")), p("silence.wav")),
+      "empty audio file": refused(loc(audio=p("empty.wav")), p("empty.wav")),
+      "text as audio": refused(loc(audio=p("notes.wav")), p("notes.wav")),
+      "unsupported audio extension": refused(loc(audio=p("sound.xyz")), p("sound.xyz")),
+      "video as audio": refused(loc(audio=p("clip.mp4")), p("clip.mp4"), "ffmpeg"),
+      "8 kHz audio (resampled)": loc(audio=p("sound_8k.wav")),
+      "44.1 kHz audio (resampled)": loc(audio=p("sound_44k.flac")),
+      "workdir without checkpoint": refused(loc(workdir=p("untrained")), p("untrained")),
+      "checkpoint of another model": refused(loc(workdir=p("wider")), p("wider"),
+                                             "model.width=4", "model.width=8"),
+      "missing workdir": refused(loc(workdir=p("nowhere")), p("nowhere")),
+  }
+
+
+CASES = ["unknown config key", "ill-typed config value (int)", "ill-typed config value (bool)",
+         "unknown config value", "unknown preset", "missing config file", "dataset not built",
+         "workdir holds a different config", "checkpoint of another model (--mode=eval)",
+         "missing image", "corrupt image", "huge image (over 50 MP)",
+         "grayscale image (converted)", "CMYK image (converted)", "palette image (converted)",
+         "zero-length audio", "empty audio file", "text as audio", "unsupported audio extension",
+         "video as audio", "8 kHz audio (resampled)", "44.1 kHz audio (resampled)",
+         "workdir without checkpoint", "checkpoint of another model", "missing workdir"]
+
+
+def _run(case, capsys):
+  if case.entry == "localize":
+    code = localize.main(case.argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+  proc = subprocess.run([sys.executable, "-m", "soundloc_jax.main", *case.argv], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_the_table_covers_every_case(ctx):
+  assert sorted(_cases(ctx)) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input(name, ctx, capsys):
+  case = _cases(ctx)[name]
+  code, out, err = _run(case, capsys)
+  if not case.names:  # converted, not refused: the normal one-line answer
+    assert code == 0, err[-2000:]
+    assert out.strip().startswith("peak (x=") and out.strip().count("\n") == 0, out
+    return
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert code == 2, (code, err[-2000:])
+  assert len(lines) == 1 and lines[0].startswith("error:"), err[-2000:]
+  assert "Traceback" not in err
+  for needle in case.names:
+    assert needle in lines[0], (needle, lines[0])
+  if case.entry == "localize":
+    assert not out
+
+
+def test_bad_input_from_the_shell(ctx):
+  """The same one line through `python -m soundloc_jax.localize`."""
+  case = _cases(ctx)["corrupt image"]
+  proc = subprocess.run([sys.executable, "-m", "soundloc_jax.localize", *case.argv], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().count("\n") == 0 and case.names[0] in proc.stderr
+  assert "Traceback" not in proc.stderr
