@@ -17,7 +17,9 @@ as the LVS test code's `soundfile.read` sees its 16-bit wavs), for the exact
 LVS test front end. Bad files: by default the first missing or corrupt media
 file stops the build with a `DatasetError` naming it; with `skip_bad` (config
 field or `SOUNDLOC_BUILD_SKIP_BAD=1`) such examples are skipped, counted,
-logged and listed in `info.metadata["skipped"]`.
+logged and listed in `info.metadata["skipped"]`. Beyond one machine, `beam`
+(config field or `SOUNDLOC_BUILD_BEAM=1`) prepares the same examples in an
+Apache Beam pipeline (`examples`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ PCM_SCALE = 32768.0          # int16 <-> float, as soundfile / FFmpeg convert
 NUM_VALIDATION = 500
 WORKERS_ENV = "SOUNDLOC_BUILD_WORKERS"
 SKIP_BAD_ENV = "SOUNDLOC_BUILD_SKIP_BAD"
+BEAM_ENV = "SOUNDLOC_BUILD_BEAM"
 GT_FORMATS = ("flickr256", "unit", "pixels")
 
 
@@ -78,11 +81,13 @@ class RealDataConfig(tfds.core.BuilderConfig):
   end (`audio.log_spectrogram` params); `num_workers`: preparation processes
   (0 = $SOUNDLOC_BUILD_WORKERS or all cores); `skip_bad`: skip and count bad
   media files instead of stopping; `num_validation`: held-out validation size
-  (at most max(1, a tenth of the training examples))."""
+  (at most max(1, a tenth of the training examples)); `beam`: prepare with
+  Apache Beam (the `[beam]` extra) instead of local processes."""
   audio: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_AUDIO))
   num_workers: int = 0
   skip_bad: bool = False
   num_validation: int = NUM_VALIDATION
+  beam: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,15 +96,20 @@ class BuildOptions:
   num_workers: int = 0             # 0: $SOUNDLOC_BUILD_WORKERS or all cores
   skip_bad: bool = False           # or $SOUNDLOC_BUILD_SKIP_BAD=1
   box_space: str = ""              # "original": test boxes in source pixels -> test view
+  beam: bool = False               # or $SOUNDLOC_BUILD_BEAM=1: prepare with Apache Beam
 
 
 def resolve_options(config: RealDataConfig, box_space: str = "") -> BuildOptions:
   """A builder config's fields, completed from the environment variables."""
   workers = (int(config.num_workers) or int(os.environ.get(WORKERS_ENV, "0") or 0)
              or (os.cpu_count() or 1))
-  skip = bool(config.skip_bad) or os.environ.get(SKIP_BAD_ENV, "").lower() in ("1", "true", "yes")
+  skip = bool(config.skip_bad) or _env_flag(SKIP_BAD_ENV)
   return BuildOptions(audio=dict(config.audio), num_workers=workers, skip_bad=skip,
-                      box_space=box_space)
+                      box_space=box_space, beam=bool(config.beam) or _env_flag(BEAM_ENV))
+
+
+def _env_flag(name: str) -> bool:
+  return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
 
 def log(message: str) -> None:
@@ -366,6 +376,39 @@ def read_boxes(path: str) -> tuple:
     raise media.MediaError(f"{path}: every box needs 4 numbers [x0, y0, x1, y1]")
   return tuple(boxes)
 
+
+
+def examples(tasks: list[Task], options: BuildOptions, skipped: list):
+  """What a builder's `_generate_examples` returns: a generator over
+  `prepare_all`, or with `options.beam` a Beam transform
+  (`beam.Create(tasks) | beam.FlatMap(...)`) that TFDS runs on the pipeline
+  given by `--beam_pipeline_options` / `DownloadConfig(beam_options=...)`."""
+  if not options.beam:
+    return prepare_all(tasks, options, skipped, log)
+  try:
+    import apache_beam as beam
+  except ImportError as e:
+    raise DatasetError("beam=True / SOUNDLOC_BUILD_BEAM=1 needs Apache Beam: "
+                       "pip install 'soundloc_jax[beam]'") from e
+  return (beam.Create(list(tasks))
+          | beam.FlatMap(_beam_prepare, options=options))
+
+
+def _beam_prepare(task: Task, options: BuildOptions):
+  """Beam worker: `(id, example)`; a bad file raises, or with `skip_bad` is
+  logged by the worker and counted in the Beam counter `soundloc/skipped`
+  (the pipeline's metrics; `info.metadata["skipped"]` lists skips only for
+  builds without Beam)."""
+  key, example, error = _prepare_or_error((task, options))
+  if error is None:
+    yield key, example
+  elif options.skip_bad:
+    import apache_beam as beam
+    beam.metrics.Metrics.counter("soundloc", "skipped").inc()
+    log(f"skipped {key}: {error}")
+  else:
+    raise DatasetError(f"{error} (example {key!r}; set skip_bad=True or {SKIP_BAD_ENV}=1 to "
+                       "skip bad files and count them)")
 
 
 def missing_files_error(name: str, manual_dir, layout: str, what: str) -> DatasetError:

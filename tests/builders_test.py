@@ -8,6 +8,7 @@ official functions, a fresh-process read, the bad-file policy and presets.
 """
 
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -324,3 +325,23 @@ def test_split_evaluator_scores_a_real_test_split_with_its_gt_format_and_eval_au
     np.testing.assert_array_equal(result.gt_maps[i], evaluation.vggss_gt_map(truth[ident], 224))
   expected = evaluation.score_maps(result.responses, result.gt_maps, protocol="median", size=224)
   np.testing.assert_allclose(result.cious, expected)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("apache_beam") is None,
+                    reason="apache_beam is not installed (the [beam] extra; .ci/run tests it)")
+def test_beam_build_equals_the_local_build(tmp_path):
+  from apache_beam.options.pipeline_options import PipelineOptions
+  manual = str(tmp_path / "m")
+  mf.folder_layout(manual, n_train=4)
+  local = _api_build("folder", builder_lib.RealDataConfig(name="local", num_workers=1), manual,
+                     str(tmp_path / "d"))
+  beam_builder = _builder_class("folder")(config=builder_lib.RealDataConfig(name="beam", beam=True),
+                                          data_dir=str(tmp_path / "d"), file_format="array_record")
+  beam_builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual, beam_options=PipelineOptions(["--runner=DirectRunner"])))
+  for split in ("train", "validation", "test"):
+    want, got = _by_id(local.as_data_source()[split]), _by_id(beam_builder.as_data_source()[split])
+    assert sorted(want) == sorted(got) and want, split
+    for ident, ex in want.items():
+      for key, value in ex.items():
+        np.testing.assert_array_equal(got[ident][key], value, err_msg=f"{split} {ident} {key}")

@@ -130,5 +130,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return tasks, missing
 
   def _generate_examples(self, tasks, options):
-    yield from builder_lib.prepare_all(tasks, options, self.info.metadata["skipped"],
-                                       builder_lib.log)
+    return builder_lib.examples(tasks, options, self.info.metadata["skipped"])

@@ -119,5 +119,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return {name: self._generate_examples(t, options) for name, t in splits.items()}
 
   def _generate_examples(self, tasks, options):
-    yield from builder_lib.prepare_all(tasks, options, self.info.metadata["skipped"],
-                                       builder_lib.log)
+    return builder_lib.examples(tasks, options, self.info.metadata["skipped"])

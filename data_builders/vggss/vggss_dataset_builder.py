@@ -92,5 +92,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return {"test": self._generate_examples(tasks, builder_lib.resolve_options(cfg))}
 
   def _generate_examples(self, tasks, options):
-    yield from builder_lib.prepare_all(tasks, options, self.info.metadata["skipped"],
-                                       builder_lib.log)
+    return builder_lib.examples(tasks, options, self.info.metadata["skipped"])
