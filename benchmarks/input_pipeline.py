@@ -86,7 +86,6 @@ def storage() -> dict:
 
 def make_folder(root: str, n: int) -> None:
   from tests import media_fixtures as mf
-  from soundloc_jax import builder_lib  # noqa: F401  (PIL via builder_lib's users)
   from PIL import Image
   rng = np.random.default_rng(0)
   images = photos()

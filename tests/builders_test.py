@@ -279,7 +279,7 @@ def test_music_synthetic_grids_use_the_1s_front_end(built):
     ("iterative", "flickr_10k"), ("iterative", "flickr_20k"), ("iterative", "music_synthetic"),
     ("default", "vggsound_144k"), ("default", "flickr_144k")])
 def test_presets_match_their_builders_and_fail_clearly_without_data(tmp_path, method, preset):
-  from configs import datasets, default
+  from configs import datasets
   from soundloc_jax import audio, train
   config = importlib.import_module(f"configs.{method}").get_config(preset)
   if method == "default":  # configs/hard_positive.py applies these through the same call
@@ -345,3 +345,14 @@ def test_beam_build_equals_the_local_build(tmp_path):
     for ident, ex in want.items():
       for key, value in ex.items():
         np.testing.assert_array_equal(got[ident][key], value, err_msg=f"{split} {ident} {key}")
+
+
+def test_id_lists_and_vggsound_csv_are_parsed(tmp_path):
+  from data_builders.vggsound import vggsound_dataset_builder as vggsound
+  lst = tmp_path / "list.txt"
+  lst.write_text("id\n# a comment\n123.jpg\n456 # trailing comment\n\n123\n789,extra,columns\n")
+  assert builder_lib.read_id_list(str(lst)) == ["123", "456", "789"]
+  csv_path = tmp_path / "vggsound.csv"
+  csv_path.write_text("---g-f_I2yQ,1,people marching,test\nabc,30,dog barking,train\n"
+                      "x,y,z,train\nabc,40,\"a, b\",train\n")
+  assert vggsound.csv_train_ids(str(csv_path)) == ["abc_000030", "abc_000040"]
