@@ -356,3 +356,20 @@ def test_id_lists_and_vggsound_csv_are_parsed(tmp_path):
   csv_path.write_text("---g-f_I2yQ,1,people marching,test\nabc,30,dog barking,train\n"
                       "x,y,z,train\nabc,40,\"a, b\",train\n")
   assert vggsound.csv_train_ids(str(csv_path)) == ["abc_000030", "abc_000040"]
+
+
+def test_the_training_pipeline_reads_stored_frames_into_the_batch_contract(built):
+  source = _source(built["api"], "flickr_soundnet/10k", "train")
+  it, steps_per_epoch = input_pipeline.train_iterator(
+      source, global_batch=4, seed=0, start_step=0, num_steps=1, image_size=224, augment=True)
+  batch = next(it)
+  assert steps_per_epoch == len(source) // 4
+  assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == np.uint8
+  assert batch["spectrogram"].shape == (4, 257, 299) and batch["spectrogram"].dtype == np.float32
+  # A 224 crop of the stored 246-high frame: its rows are rows of the stored frame.
+  i = int(batch["index"][0])
+  stored = source[i]["image"]
+  crop = batch["image"][0]
+  windows = (stored[top:top + 224, left:left + 224] for top in range(stored.shape[0] - 223)
+             for left in range(stored.shape[1] - 223))
+  assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, ::-1]) for w in windows)
