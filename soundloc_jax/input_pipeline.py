@@ -42,7 +42,7 @@ import functools
 import grain
 import numpy as np
 
-from soundloc_jax.errors import DatasetError
+from soundloc_jax.errors import ConfigError, DatasetError
 
 DEVICE_KEYS = ("image", "spectrogram")
 NEIGHBOUR_DEVICE_KEYS = DEVICE_KEYS + ("negative_mask",)  # HardPos (`train_iterator`)
@@ -106,6 +106,9 @@ def preprocess(example: dict, *, image_size: int, augment: bool, rng: np.random.
   if image.ndim == 2:
     image = np.repeat(image[..., None], 3, axis=-1)
   image = augment_image(image, image_size, rng) if augment else eval_image(image, image_size)
+  if eval_audio not in EVAL_AUDIO:
+    raise ConfigError(f"eval.audio {eval_audio!r}: expected '' (the stored spectrogram) or "
+                      "'lvs_test' (the LVS test front end on the stored waveform)")
   if eval_audio == "lvs_test":
     if np.size(example.get("waveform", ())) == 0:
       raise DatasetError("eval.audio='lvs_test' needs the stored test 'waveform', which this "

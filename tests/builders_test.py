@@ -373,3 +373,13 @@ def test_the_training_pipeline_reads_stored_frames_into_the_batch_contract(built
   windows = (stored[top:top + 224, left:left + 224] for top in range(stored.shape[0] - 223)
              for left in range(stored.shape[1] - 223))
   assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, ::-1]) for w in windows)
+
+
+def test_eval_audio_must_be_known_and_needs_a_stored_waveform(built):
+  from soundloc_jax.errors import ConfigError
+  test = _source(built["api"], "vggss", "test")
+  train = _source(built["api"], "vggsound/full", "train")
+  with pytest.raises(ConfigError, match="eval.audio 'lvs'"):
+    next(input_pipeline.eval_batches(test, batch_size=2, image_size=224, eval_audio="lvs"))
+  with pytest.raises(DatasetError, match="needs the stored test 'waveform'"):
+    next(input_pipeline.eval_batches(train, batch_size=2, image_size=224, eval_audio="lvs_test"))
