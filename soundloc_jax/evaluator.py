@@ -93,6 +93,15 @@ def has_annotations(batch: dict) -> bool:
   return "gt_map" in batch or "box" in batch
 
 
+def source_is_annotated(source) -> bool:
+  """Whether a split's examples carry localization ground truth (its first one
+  has `box`, or `gt_boxes` with a `gt_format` in the dataset metadata)."""
+  if len(source) == 0:
+    return False
+  example = source[0]
+  return "box" in example or ("gt_boxes" in example and bool(gt_format_of(source)))
+
+
 def retrieval_scores(visual: np.ndarray, audio: np.ndarray,
                      block_bytes: int = 1 << 28) -> np.ndarray:
   """`[Na, Nv]`: how strongly sound `a` is found in image `v`, the MAX over

@@ -435,6 +435,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
             flush=True)
   # The best epoch by a validation metric, kept apart from the last N.
   best_key = config.checkpoint.best_metric
+  if best_key and best_key not in ("val_r1", "val_r5") and not evaluator.source_is_annotated(
+      val_source):  # known now, not after the first epoch
+    raise ConfigError(f"config.checkpoint.best_metric={best_key!r} needs localization "
+                      f"annotations, which validation split {ds_cfg.validation_split!r} of "
+                      f"{name!r} lacks; use val_r1 or val_r5 (held-out retrieval)")
   best_ckpt = (checkpointing.Checkpointer(os.path.join(workdir, "checkpoints_best"), max_to_keep=1)
                if best_key else None)
   best_value = -math.inf

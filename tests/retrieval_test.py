@@ -141,3 +141,30 @@ def test_trained_model_retrieves_above_chance_and_best_is_kept_by_val_r1(demo_da
   assert best.all_steps() == [val[best_epoch]["step"]]
   assert best.restore_meta(best.latest_step())["val_r1"] == val[best_epoch]["r1"]
   best.close()
+
+
+def test_trainer_validates_an_unannotated_split_by_retrieval(demo_data_dir, tmp_path,
+                                                             monkeypatch):
+  original = input_pipeline.open_source
+
+  def open_source(name, split, data_dir):
+    source = original(name, split, data_dir)
+    return _WithoutBoxes(source) if split == "validation" else source
+
+  monkeypatch.setattr(input_pipeline, "open_source", open_source)
+  # A localization metric cannot pick the best epoch: refused before training.
+  with pytest.raises(train.ConfigError, match=r"best_metric='val_auc'.*val_r1"):
+    train.train_and_evaluate(tiny_config(demo_data_dir), str(tmp_path / "auc"))
+  assert not os.path.exists(tmp_path / "auc" / "metrics.jsonl")
+
+  workdir = tmp_path / "r1"
+  result = train.train_and_evaluate(
+      tiny_config(demo_data_dir, num_epochs=1, **{"checkpoint.best_metric": "val_r1"}),
+      str(workdir))
+  assert {"val_r1", "val_r5"} <= set(result["validation"])
+  assert not any("ciou" in k or "auc" in k for k in result["validation"])
+  assert "ciou" in result["test"]["test"]  # the test split keeps its annotations
+  best = checkpointing.Checkpointer(str(workdir / "checkpoints_best"))
+  assert best.all_steps() == [768 // 32]
+  best.close()
+  assert os.listdir(workdir / "overlays") == ["validation_epoch_000.png"]
