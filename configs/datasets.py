@@ -72,6 +72,9 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
   c.dataset.name = p["dataset"]
   c.dataset.train_split = "train"
   c.dataset.validation_split = "validation"
+  # The builders' validation splits are held-out training examples without
+  # boxes, so model selection uses audio->image retrieval on them (never test).
+  c.checkpoint.best_metric = "val_r1"
   c.dataset.test_splits = tuple(p["test_splits"])
   c.dataset.build_if_missing = False  # real data: the user builds it from their files
   c.dataset.image_size = p["image_size"]

@@ -56,6 +56,11 @@ DEFAULT_FILE_FORMAT = "array_record"
 # built by name as well as by folder.
 PROJECT_BUILDER_MODULES = (
     "data_builders.av_digits.av_digits_dataset_builder",
+    "data_builders.flickr_soundnet.flickr_soundnet_dataset_builder",
+    "data_builders.folder.folder_dataset_builder",
+    "data_builders.music_synthetic.music_synthetic_dataset_builder",
+    "data_builders.vggsound.vggsound_dataset_builder",
+    "data_builders.vggss.vggss_dataset_builder",
 )
 
 

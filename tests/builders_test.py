@@ -293,6 +293,8 @@ def test_presets_match_their_builders_and_fail_clearly_without_data(tmp_path, me
     assert os.path.isdir(os.path.join(REPO, "data_builders", other.split("/")[0])), entry
   assert (config.dataset.image_size, config.eval.size, config.model.width) == (224, 224, 64)
   assert config.eval.protocol == "median" and config.dataset.augment
+  # Unannotated validation split: model selection by retrieval, not a box metric.
+  assert config.checkpoint.best_metric == "val_r1"
   config.dataset.data_dir = str(tmp_path / "no_data")
   flag = f" --config={builder_config}" if builder_config else ""
   with pytest.raises(DatasetError, match=f"tfds_build data_builders/{base}{flag} --data_dir="):
