@@ -10,7 +10,10 @@ Batch contract (every dataset builder's examples are mapped to this):
   * `gt_map`       float32 `[B, S, S]`     real test splits: ground-truth map at the
                                            evaluation size (host only, see below)
 Only `DEVICE_KEYS` are sent to the device (`distributed.global_batch`); the
-rest stay on the host.
+rest stay on the host. HardPos training batches (`train_iterator` with
+`neighbours`) hold `[B, 2, ...]` images and spectrograms plus
+`negative_mask` and `neighbour_index` (see `train_iterator`; sent to the
+device: `NEIGHBOUR_DEVICE_KEYS`).
 
 Epochs: an epoch is `steps_per_epoch = N // global_batch` steps over a fresh
 permutation of the split (seeded by `(seed, epoch)`), dropping the remainder,
