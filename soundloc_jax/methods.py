@@ -7,7 +7,11 @@ Contract for a registry entry (`Method`):
     the teacher is inactive, already under `stop_gradient` otherwise), `batch`
     the device batch dict, `aux` a dict of scalar diagnostics.
   * `needs_teacher`: the method uses the frozen previous-epoch model.
-  * `needs_neighbours`: batches carry mined neighbour samples (HardPos).
+  * `needs_neighbours`: batches carry neighbour samples (HardPos): the
+    trainer builds the neighbour table (`neighbours.from_config`), batches
+    hold `[B, 2, ...]` inputs plus `negative_mask` (`input_pipeline.
+    train_iterator`), the model runs on them flattened to `[2B, ...]`
+    (`train.model_inputs`) and the loss gets those `[2B]` outputs.
   * `teacher_active(epoch, method_config)`: whether the teacher is used in
     that epoch (ICL's first `init_epochs` train with Eq. 3 only). The trainer
     compiles one step per distinct value, so this is a static choice.
