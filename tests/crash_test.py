@@ -92,7 +92,8 @@ def reference(demo_data_dir, tmp_path_factory):
 def test_kill_9_at_random_moments_then_rerun_equals_uninterrupted_run(reference, demo_data_dir,
                                                                        tmp_path):
   """~2 min on 2 cores: four SIGKILLs (two in the middle of a checkpoint
-  write), each followed by the same command, until the run completes."""
+  write), each followed by the same command, until the run completes. The
+  kill moments are random (seed printed; SOUNDLOC_CRASH_SEED replays one)."""
   ref_dir, config = reference
   workdir = str(tmp_path / "killed")
   command = [sys.executable, "-m", "soundloc_jax.main", *_flags(demo_data_dir, workdir)]
@@ -109,8 +110,10 @@ def test_kill_9_at_random_moments_then_rerun_equals_uninterrupted_run(reference,
     complete_before = _complete_steps(os.path.join(workdir, "checkpoints"))
     with open(log_path, "w") as log:
       proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    delay = rng.uniform(0.3, 3.0)
-    t_training = None
+    # "random": a random moment tied to progress (so it lands before the end
+    # on any machine): 0-0.4 s after the 1st or 2nd checkpoint this run writes.
+    wait_for, delay = rng.choice((1, 2)), rng.uniform(0.0, 0.4)
+    t_ready = t_training = None
     killed = False
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline:
@@ -119,11 +122,14 @@ def test_kill_9_at_random_moments_then_rerun_equals_uninterrupted_run(reference,
           text = f.read()
         if t_training is None and "Training icl" in text:
           t_training = time.time()
+        written = set(_complete_steps(os.path.join(workdir, "checkpoints"))) - set(complete_before)
+        if t_ready is None and len(written) >= wait_for:
+          t_ready = time.time()
         new_tmp = _writes_in_progress(workdir) - before_tmp
         late = [p for p in new_tmp
                 if int(os.path.basename(p).split(".")[0]) > STEPS_PER_EPOCH]
         if ((kind == "write" and new_tmp) or (kind == "late_write" and late)
-            or (kind == "random" and t_training and time.time() - t_training > delay)):
+            or (kind == "random" and t_ready and time.time() - t_ready > delay)):
           proc.send_signal(signal.SIGKILL)
           proc.wait()
           killed = True
