@@ -51,6 +51,18 @@ def fit_length(waveform: np.ndarray, num_samples: int) -> np.ndarray:
   return waveform[:num_samples]
 
 
+def window_around(waveform: np.ndarray, sample_rate: int, centre_s: float | None,
+                  seconds: float) -> np.ndarray:
+  """The `seconds` of `waveform` centred on `centre_s` (default: the middle),
+  shifted to lie inside the waveform: the audio paired with a video frame
+  shown at `centre_s` (builders and `localize --video` take the same window)."""
+  waveform = np.asarray(waveform)
+  total = waveform.size / sample_rate
+  centre = total / 2 if centre_s is None else float(centre_s)
+  start = int(round(max(0.0, min(centre - seconds / 2, total - seconds)) * sample_rate))
+  return waveform[start:start + int(round(seconds * sample_rate))]
+
+
 def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
   if int(orig_sr) == int(target_sr):
     return np.asarray(waveform, dtype=np.float32)

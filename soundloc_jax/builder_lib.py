@@ -248,9 +248,7 @@ def prepare(task: Task, options: BuildOptions) -> dict:
   wave, rate = media.read_audio(audio_path, sample_rate=int(options.audio["sample_rate"]))
   # The training clip: `clip` seconds around the frame time (a still image:
   # around the middle of the audio), shifted to fit inside the audio.
-  centre = frame_time if frame_time is not None else wave.size / rate / 2
-  start = int(round(max(0.0, min(centre - clip / 2, wave.size / rate - clip)) * rate))
-  window = wave[start:start + int(round(clip * rate))]
+  window = audio.window_around(wave, rate, frame_time, clip)
   spec = audio.log_spectrogram(window, rate, options.audio)
   if not np.all(np.isfinite(spec)):
     raise media.MediaError(f"{audio_path}: audio gives a non-finite spectrogram")

@@ -2,6 +2,7 @@
 
   python -m soundloc_jax.localize --workdir=DIR --image=x.jpg --audio=y.wav \\
       [--out=overlay.png] [--step=N]
+  python -m soundloc_jax.localize --workdir=DIR --video=clip.mp4 [--time=SECONDS]
 
 Loads the trained student of `DIR` (`soundloc_jax.inference.load`), runs it on
 the image and the audio exactly as the evaluator runs a test example, writes
@@ -9,8 +10,10 @@ a heatmap overlay of the model's view (the centre crop) and prints the
 loudest point in the original image's pixels on one line. Errors a user can
 fix print one line on stderr (naming the file) and exit with code 2.
 
-Video: not supported. None of the installed packages decodes video (no PyAV,
-ffmpeg, OpenCV or imageio); extract a frame and the audio track first.
+Video (`--video`, decoded with PyAV): the frame shown at `--time` (default:
+the middle of the video, as the builders take it) and the run's clip length of
+audio centred on it (`audio.window_around`, as the builders pair them); a
+separate `--audio` file replaces the video's sound track.
 """
 
 from __future__ import annotations
@@ -25,10 +28,7 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".mp3")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg",
                     ".wmv", ".flv", ".3gp", ".ts")
 OUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
-VIDEO_HINT = ("video input is not supported (no video decoder such as PyAV, ffmpeg or "
-              "OpenCV is installed); extract a frame and the audio first, e.g. "
-              "`ffmpeg -ss 1 -i clip.mp4 -frames:v 1 frame.png` and "
-              "`ffmpeg -i clip.mp4 -vn -ac 1 audio.wav`")
+VIDEO_HINT = "this is a video: pass it as --video (frame and sound track are taken from it)"
 
 EPILOG = f"""\
 Images: anything PIL reads (JPEG, PNG, WebP, TIFF, BMP, ...); CMYK, grayscale,
@@ -37,10 +37,10 @@ orientation is applied, and images over {MAX_MEGAPIXELS} megapixels are refused.
 Audio: {', '.join(e[1:] for e in AUDIO_EXTENSIONS)} via soundfile, any sample rate
 (resampled to the run's rate), multichannel averaged to mono; only the first
 clip the model was trained with (config.audio.clip_seconds) is used.
-Video (--video clip.mp4): NOT available. No installed package decodes video
-(PyAV, ffmpeg, OpenCV and imageio are absent); extract a frame and the audio:
-  ffmpeg -ss 1 -i clip.mp4 -frames:v 1 frame.png
-  ffmpeg -i clip.mp4 -vn -ac 1 audio.wav
+Video (--video FILE: {', '.join(e[1:] for e in VIDEO_EXTENSIONS)}; decoded with
+PyAV): the frame at --time seconds (default: the middle) and
+config.audio.clip_seconds of the sound track centred on it; --audio FILE uses
+that file's sound instead.
 The printed peak is the heatmap's maximum mapped back through the centre crop
 to the (EXIF-rotated) image's pixels: x = column, y = row, (0, 0) = top left.
 Exit codes: 0 ok, 2 bad input / workdir (one line on stderr)."""
@@ -53,8 +53,6 @@ class _UserError(Exception):
 class _Parser(argparse.ArgumentParser):
 
   def error(self, message):
-    if "--video" in message:
-      message = f"--video: {VIDEO_HINT}"
     self.exit(2, f"error: {message} (see --help)\n")
 
 
@@ -65,9 +63,14 @@ def _parser() -> argparse.ArgumentParser:
                           "the peak.",
               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints/)")
-  p.add_argument("--image", required=True, help="image file (read with PIL)")
-  p.add_argument("--audio", required=True,
+  p.add_argument("--image", default=None, help="image file (read with PIL)")
+  p.add_argument("--audio", default=None,
                  help=f"audio file ({', '.join(e[1:] for e in AUDIO_EXTENSIONS)})")
+  p.add_argument("--video", default=None,
+                 help="video file: its frame at --time and the sound around it "
+                      "(instead of --image; --audio optional)")
+  p.add_argument("--time", type=float, default=None,
+                 help="--video: seconds into the video (default: the middle)")
   p.add_argument("--out", default=None,
                  help="overlay image to write (default: <image dir>/<image name>_soundloc.png)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -202,8 +205,51 @@ def display_crop(image, box, max_side: int = 512):
   return np.ascontiguousarray(crop)
 
 
+def read_video(path: str, time_s, clip_seconds):
+  """`(frame uint8 [H, W, 3], waveform, rate)` of a video: the frame at
+  `time_s` and `clip_seconds` of its sound track centred there."""
+  from soundloc_jax import audio, media
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in VIDEO_EXTENSIONS:
+    raise _UserError(f"video file {path}: unsupported extension {ext or '(none)'!r}; "
+                     f"use one of {', '.join(VIDEO_EXTENSIONS)}")
+  if time_s is not None and time_s < 0:
+    raise _UserError(f"--time {time_s}: must be >= 0 seconds")
+  if not os.path.isfile(path):
+    raise _UserError(f"video file {path} does not exist")
+  frame = media.read_video_frame(path, time_s)
+  if clip_seconds is None:
+    return frame, None, None
+  waveform, rate = media.read_audio(path)
+  if time_s is None:  # the middle of the video, where read_video_frame looked
+    time_s = _video_seconds(path) / 2
+  return frame, audio.window_around(waveform, rate, time_s, clip_seconds), rate
+
+
+def _video_seconds(path: str) -> float:
+  from soundloc_jax import media
+  import av
+  with av.open(path) as container:
+    return media.video_duration(container, container.streams.video[0])
+
+
+def _check_sources(args) -> None:
+  if args.video is not None:
+    if args.image is not None:
+      raise _UserError("give --video or --image, not both")
+  else:
+    if args.time is not None:
+      raise _UserError("--time only applies to --video")
+    missing = [f"--{k}" for k in ("image", "audio") if getattr(args, k) is None]
+    if missing:
+      raise _UserError(f"missing {' and '.join(missing)} (or give --video)")
+
+
 def run(args) -> str:
   """Does the work for parsed `args`; returns the line to print."""
+  _check_sources(args)
+  if args.video is not None:
+    return _run_video(args)
   image = read_image(args.image)
   # Fail fast on bad audio before the (slower) model load; the exact clip
   # length is known once the config is read.
@@ -215,21 +261,35 @@ def run(args) -> str:
   needed = ((lambda rate: inference.samples_needed(config.audio, rate)) if config is not None
             else None)
   waveform, rate = read_audio(args.audio, needed)
-  out = args.out or default_out(args.image)
-  _check_out(out)
+  return _localize_and_write(args, image, waveform, rate, args.image)
 
-  from soundloc_jax import evaluation, train
+
+def _run_video(args) -> str:
+  from soundloc_jax import inference
+  config = inference.read_config(_workdir_or_raise(args.workdir))
+  clip = None if args.audio is not None else float(config.audio.clip_seconds)
+  image, waveform, rate = read_video(args.video, args.time, clip)
+  if args.audio is not None:
+    waveform, rate = read_audio(
+        args.audio, lambda r: inference.samples_needed(config.audio, r))
+  return _localize_and_write(args, image, waveform, rate, args.video)
+
+
+def _localize_and_write(args, image, waveform, rate, source: str) -> str:
+  from soundloc_jax import evaluation, inference, train
+  out = args.out or default_out(source)
+  _check_out(out)
   train.enable_compilation_cache()
   localizer = inference.load(args.workdir, step=args.step)
   heat = localizer.localize(image, waveform, rate)
   x, y = localizer.peak(heat, image.shape)
   crop = display_crop(image, localizer.crop_box(image.shape))
-  title = f"{os.path.basename(args.image)}\npeak (x={x}, y={y})"
+  title = f"{os.path.basename(source)}\npeak (x={x}, y={y})"
   try:
     evaluation.overlay_grid(crop[None], heat[None], None, [title], out, ncols=1)
   except OSError as e:
     raise _UserError(f"overlay {out}: cannot write it ({_first_line(e)})") from None
-  return f"peak (x={x}, y={y}) in {args.image}; overlay written to {out}"
+  return f"peak (x={x}, y={y}) in {source}; overlay written to {out}"
 
 
 def _workdir_or_raise(workdir: str) -> str:

@@ -10,8 +10,8 @@ Decisions the table pins down: grayscale, palette and CMYK images are
 converted to RGB; images over `localize.MAX_MEGAPIXELS` (50) are refused (a
 decompression-bomb guard; downscale first); audio at any sample rate is
 resampled to the run's; a video given as `--audio` is refused with the
-way to pass it (`--video`, or the ffmpeg commands to split it); a video with no
-sound track given to `localize --video` is refused (skipped until that flag exists).
+way to pass it (`--video`); a video with no sound track given to
+`localize --video` is refused.
 """
 
 import dataclasses
@@ -43,11 +43,6 @@ class Case:
   entry: str         # "main" or "localize"
   argv: list
   names: tuple = ()  # substrings the error line must hold (path / key); () = must work
-  needs_video: bool = False  # skipped while `localize --video` does not exist
-
-
-def localize_has_video() -> bool:
-  return any("--video" in a.option_strings for a in localize._parser()._actions)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +141,7 @@ def _cases(c):
       "video as audio": refused(loc(audio=p("clip.mp4")), p("clip.mp4")),
       "video without audio (--video)": Case(
           "localize", [f"--workdir={w}", f"--video={p('silent_clip.mp4')}",
-                       f"--out={p('overlay.png')}"], (p("silent_clip.mp4"),), needs_video=True),
+                       f"--out={p('overlay.png')}"], (p("silent_clip.mp4"),)),
       "8 kHz audio (resampled)": loc(audio=p("sound_8k.wav")),
       "44.1 kHz audio (resampled)": loc(audio=p("sound_44k.flac")),
       "workdir without checkpoint": refused(loc(workdir=p("untrained")), p("untrained")),
@@ -183,8 +178,6 @@ def test_the_table_covers_every_case(ctx):
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input(name, ctx, capsys):
   case = _cases(ctx)[name]
-  if case.needs_video and not localize_has_video():
-    pytest.skip("python -m soundloc_jax.localize has no --video yet")
   code, out, err = _run(case, capsys)
   if not case.names:  # converted, not refused: the normal one-line answer
     assert code == 0, err[-2000:]

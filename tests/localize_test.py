@@ -172,13 +172,49 @@ def test_cli_writes_overlay_and_prints_the_peak(workdir, localizer, example, tmp
 # Bad inputs at the command line (files, workdirs, flags): tests/bad_input_test.py.
 
 
-def test_help_says_video_is_not_available(capsys):
-  with pytest.raises(SystemExit) as info:
-    localize.main(["--help"])
-  assert info.value.code == 0
-  assert "Video" in capsys.readouterr().out
-  with pytest.raises(SystemExit) as info:
-    localize.main(["--workdir=w", "--image=a.jpg", "--audio=b.wav", "--video=c.mp4"])
-  assert info.value.code == 2
+def _video_with_centred_tone(path):
+  """2 s at 10 fps (frame k has colour `frame_colour(k)`), sound only in
+  0.75..1.25 s: the 0.5 s window around the middle frame."""
+  import media_fixtures
+  rate = 16000
+  pcm = np.zeros(2 * rate, np.float32)
+  pcm[int(0.75 * rate):int(1.25 * rate)] = media_fixtures.tone(0.5, rate, amp=0.5)
+  return media_fixtures.write_video(path, seconds=2.0, fps=10, audio=pcm, rate=rate)
+
+
+def test_read_video_takes_the_frame_and_the_sound_centred_on_it(tmp_path):
+  import media_fixtures
+  path = _video_with_centred_tone(str(tmp_path / "clip.mp4"))
+  rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
+  frame, wave, rate = localize.read_video(path, None, 0.5)  # the middle: 1.0 s
+  assert rate == 16000 and wave.shape == (8000,)
+  assert rms(wave) > 0.25  # the tone (rms 0.35) fills the window
+  assert np.abs(frame.astype(int) - media_fixtures.frame_colour(10)).mean() < 6
+  frame, wave, _ = localize.read_video(path, 0.25, 0.5)  # 0..0.5 s: silence
+  assert rms(wave) < 0.02
+  assert np.abs(frame.astype(int) - media_fixtures.frame_colour(2)).mean() < 6
+
+
+def test_cli_localizes_a_video(workdir, localizer, tmp_path):
+  path = _video_with_centred_tone(str(tmp_path / "clip.mp4"))
+  proc = subprocess.run([sys.executable, "-m", "soundloc_jax.localize", f"--workdir={workdir}",
+                         f"--video={path}"], cwd=REPO, capture_output=True, text=True,
+                        timeout=180)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  m = re.fullmatch(r"peak \(x=(\d+), y=(\d+)\) in (.+); overlay written to (.+)",
+                   proc.stdout.strip())
+  assert m and m.group(3) == path and os.path.exists(m.group(4))
+  frame, wave, rate = localize.read_video(path, None, 0.5)  # the demo run's clip
+  expected = localizer.peak(localizer.localize(frame, wave, rate), frame.shape)
+  assert (int(m.group(1)), int(m.group(2))) == expected
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--image=a.png", "--video=c.mp4"], "give --video or --image, not both"),
+    (["--image=a.png", "--audio=b.wav", "--time=1"], "--time only applies to --video"),
+    (["--image=a.png"], "missing --audio (or give --video)"),
+])
+def test_video_flag_combinations(capsys, argv, message):
+  assert localize.main(["--workdir=w", *argv]) == 2
   err = capsys.readouterr().err
-  assert "--video" in err and "not supported" in err and err.count("\n") == 1
+  assert message in err and err.count("\n") == 1
