@@ -348,7 +348,9 @@ def load(workdir: str, step: int | None = None) -> Localizer:
   config_json = os.path.join(workdir, "config.json")
   try:
     optimizer = train.make_optimizer(config)
-    graphdef, abstract = train.create_train_state(config, optimizer)
+    # Every weight comes from the checkpoint: the init_visual folder a run
+    # started from is not needed (it may be gone).
+    graphdef, abstract = train.create_train_state(config, optimizer, pretrained=False)
   except ConfigError as e:
     raise WorkdirError(f"{config_json}: {e}") from e
   except (AttributeError, KeyError, TypeError, ValueError) as e:

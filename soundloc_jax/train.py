@@ -419,17 +419,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise ConfigError(f"batch_size {config.batch_size} is not divisible by the "
                      f"{jax.device_count()} devices")
   optimizer = make_optimizer(config)
-  graphdef, state = create_train_state(config, optimizer)
-  replicated = NamedSharding(mesh, P())
-  state = jax.device_put(state, replicated)
-
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep)
   latest = ckpt.latest_step()
+  # A resumed run restores every weight, so it does not need (or read) the
+  # model.init_visual folder again.
+  graphdef, state = create_train_state(config, optimizer, pretrained=latest is None)
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(state, replicated)
   check_and_record_config(config, workdir, has_checkpoint=latest is not None)
   write_run_info(workdir, config, dataset_fingerprint(name, data_dir))
   if latest is not None:
     state, meta, latest = restore_latest_readable(ckpt, config, state)
+    if latest is None and config.model.get("init_visual"):  # a fresh start after all
+      state = jax.device_put(create_train_state(config, optimizer)[1], replicated)
     if latest is not None:
       print(f"Resuming from checkpoint step {latest} (epoch {meta.get('epoch')}) in {workdir}",
             flush=True)
@@ -648,7 +651,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
     raise TrainingError(f"no checkpoint in {workdir} ({directory} does not exist); train first")
   name, data_dir = prepare_data(config)
   optimizer = make_optimizer(config)
-  graphdef, state = create_train_state(config, optimizer)
+  graphdef, state = create_train_state(config, optimizer, pretrained=False)  # restored below
   state, _, step = inference.restore_checkpoint(directory, config, state, step,
                                                 source="the config")
   print(f"Evaluating checkpoint step {step} of {workdir}", flush=True)

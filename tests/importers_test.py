@@ -150,6 +150,30 @@ def test_init_visual_errors_name_the_directory(resnet_dir, tmp_path):
     train.create_train_state(config, train.make_optimizer(config))
 
 
+def test_run_from_init_visual_resumes_and_loads_after_the_folder_is_gone(
+    resnet_dir, demo_data_dir, tmp_path):
+  """The weights folder is read once, at step 0: a resumed run, `load` and
+  `--mode=eval` restore every weight from the checkpoint."""
+  import shutil
+  import sys
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import soundloc_jax
+  from soundloc_jax import train
+  from train_test import tiny_config
+  init = str(tmp_path / "imagenet")
+  shutil.copytree(resnet_dir, init)
+  workdir = str(tmp_path / "run")
+  config = tiny_config(demo_data_dir, max_steps=2, **{"model.width": 6,
+                                                      "model.init_visual": init})
+  train.train_and_evaluate(config, workdir)
+  shutil.rmtree(init)
+  model = soundloc_jax.load(workdir)
+  assert model.config.model.init_visual == init
+  config.max_steps = 4  # resumable key: the same run goes on
+  train.train_and_evaluate(config, workdir)
+  train.evaluate_checkpoint(config, workdir)
+
+
 # ----------------------------------------------------------------------------
 # The released LVS model
 # ----------------------------------------------------------------------------
