@@ -275,6 +275,26 @@ def test_nonfinite_loss_stops_without_saving_over_a_good_checkpoint(demo_data_di
   ckpt.close()
 
 
+def test_bfloat16_training_stays_finite_and_near_float32(demo_data_dir, tmp_path):
+  """Mixed precision (bf16 compute, f32 params/loss): 8 ICL steps (6 per
+  epoch, the last 2 with the teacher) against float32; the 1,000-step run is
+  in benchmarks/RESULTS.md."""
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    c = tiny_config(demo_data_dir, max_steps=8, log_every_steps=1,
+                    **{"model.compute_dtype": dtype, "batch_size": 128, "num_epochs": 2})
+    train.train_and_evaluate(c, str(tmp_path / dtype))
+    with open(tmp_path / dtype / "metrics.jsonl") as f:
+      losses[dtype] = np.asarray([r["loss"] for r in map(json.loads, f) if r["split"] == "train"])
+  assert losses["bfloat16"].shape == (8,) and np.all(np.isfinite(losses["bfloat16"]))
+  # Eq. 3 steps track float32 closely (measured <= 0.7% apart). The teacher
+  # steps are only required finite: Eq. 7's pseudo-labels threshold the
+  # teacher map, so bf16 rounding moves patches across delta_v (measured
+  # 3.68 vs 4.32 at step 8; the 1,000-step bf16 run still learns).
+  np.testing.assert_allclose(losses["bfloat16"][:6], losses["float32"][:6], rtol=0.02)
+  assert not np.array_equal(losses["bfloat16"], losses["float32"])  # bf16 really was used
+
+
 @pytest.mark.parametrize("variant", ["full", "vanilla"])
 def test_lvs_baselines_train_through_the_same_loop(demo_data_dir, tmp_path, variant):
   from configs import lvs
