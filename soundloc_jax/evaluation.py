@@ -34,7 +34,8 @@ Evaluator interface:
   `success_curve`, `thresholds`, percentile-bootstrap `ciou_ci95` /
   `auc_ci95`, `n`.
 * Plots: `plot_success_curve`, `overlay_grid`, `select_overlay_samples`
-  (matplotlib is imported lazily, Agg backend).
+  (matplotlib is imported lazily; figures are drawn without pyplot, so the
+  caller's backend, e.g. a notebook's inline one, is left alone).
 
 Interpretations chosen where the protocol leaves room:
 
@@ -621,11 +622,12 @@ def box_gt_map(boxes_px, size, image_size=None) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg", force=False)
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
+def _figure(**kwargs):
+  """A figure that is not registered with pyplot: written with `savefig`,
+  freed by the garbage collector, and it leaves the process's matplotlib
+  backend alone (a notebook keeps showing its own plots)."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  return Figure(**kwargs)
 
 
 def plot_success_curve(summary, path, label=None):
@@ -633,27 +635,24 @@ def plot_success_curve(summary, path, label=None):
 
   `summary`: a `summarize` dict, or a list of them (then `label` is a list).
   """
-  plt = _pyplot()
   summaries = summary if isinstance(summary, (list, tuple)) else [summary]
   labels = label if isinstance(label, (list, tuple)) else [label] * len(
       summaries)
-  fig, ax = plt.subplots(figsize=(4.5, 3.5), dpi=120)
-  try:
-    for s, lab in zip(summaries, labels):
-      theta = s.get("success_threshold", 0.5)
-      text = f"AUC {s['auc']:.3f}, cIoU@{theta:g} {s['ciou']:.3f}"
-      ax.plot(s["thresholds"], s["success_curve"], marker="o", markersize=3,
-              label=f"{lab}: {text}" if lab else text)
-    ax.set_xlabel("cIoU threshold")
-    ax.set_ylabel("success ratio")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path)
-  finally:
-    plt.close(fig)
+  fig = _figure(figsize=(4.5, 3.5), dpi=120)
+  ax = fig.subplots()
+  for s, lab in zip(summaries, labels):
+    theta = s.get("success_threshold", 0.5)
+    text = f"AUC {s['auc']:.3f}, cIoU@{theta:g} {s['ciou']:.3f}"
+    ax.plot(s["thresholds"], s["success_curve"], marker="o", markersize=3,
+            label=f"{lab}: {text}" if lab else text)
+  ax.set_xlabel("cIoU threshold")
+  ax.set_ylabel("success ratio")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.02)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="upper right")
+  fig.tight_layout()
+  fig.savefig(path)
   return path
 
 
@@ -677,42 +676,39 @@ def overlay_grid(images, heatmaps, boxes_or_gt, titles, path, ncols=4,
   gt map (its 0.5 contour is drawn, resized to the image); `titles`: list of
   str or None.
   """
-  plt = _pyplot()
+  import matplotlib  # pylint: disable=g-import-not-at-top
   from matplotlib import patches  # pylint: disable=g-import-not-at-top
   images = np.asarray(images)
   n = images.shape[0]
   ncols = max(1, min(int(ncols), n))
   nrows = max(1, -(-n // ncols))
-  cmap = plt.get_cmap("jet")
-  fig, axes = plt.subplots(nrows, ncols, figsize=(2.4 * ncols, 2.6 * nrows),
-                           dpi=100, squeeze=False)
-  try:
-    for ax in axes.ravel():
-      ax.axis("off")
-    for i in range(n):
-      ax = axes[i // ncols, i % ncols]
-      img = images[i]
-      if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
-      ax.imshow(_blend(img, heatmaps[i], alpha, cmap))
-      extra = None if boxes_or_gt is None else boxes_or_gt[i]
-      if extra is not None:
-        arr = np.asarray(extra, dtype=np.float64)
-        if arr.ndim == 2 and arr.shape[1] != 4:  # a gt map, not [k, 4] boxes
-          gt = resize_bilinear(arr.astype(np.float32), img.shape[:2])
-          if gt.max() > gt.min():
-            ax.contour(gt, levels=[0.5], colors="white", linewidths=1.2)
-        else:
-          for x0, y0, x1, y1 in arr.reshape(-1, 4):
-            ax.add_patch(patches.Rectangle(
-                (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                edgecolor="lime", linewidth=1.5))
-      if titles is not None and i < len(titles) and titles[i]:
-        ax.set_title(str(titles[i]), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-  finally:
-    plt.close(fig)
+  cmap = matplotlib.colormaps["jet"]
+  fig = _figure(figsize=(2.4 * ncols, 2.6 * nrows), dpi=100)
+  axes = fig.subplots(nrows, ncols, squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  for i in range(n):
+    ax = axes[i // ncols, i % ncols]
+    img = images[i]
+    if img.ndim == 2:
+      img = np.repeat(img[..., None], 3, axis=-1)
+    ax.imshow(_blend(img, heatmaps[i], alpha, cmap))
+    extra = None if boxes_or_gt is None else boxes_or_gt[i]
+    if extra is not None:
+      arr = np.asarray(extra, dtype=np.float64)
+      if arr.ndim == 2 and arr.shape[1] != 4:  # a gt map, not [k, 4] boxes
+        gt = resize_bilinear(arr.astype(np.float32), img.shape[:2])
+        if gt.max() > gt.min():
+          ax.contour(gt, levels=[0.5], colors="white", linewidths=1.2)
+      else:
+        for x0, y0, x1, y1 in arr.reshape(-1, 4):
+          ax.add_patch(patches.Rectangle(
+              (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+              edgecolor="lime", linewidth=1.5))
+    if titles is not None and i < len(titles) and titles[i]:
+      ax.set_title(str(titles[i]), fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
   return path
 
 

@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -415,3 +418,18 @@ def test_plots_write_pngs(tmp_path):
     with Image.open(path) as im:
       im.load()
       assert im.size[0] > 50 and im.size[1] > 50
+
+
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+  """No pyplot, no backend switch: a notebook's inline plots keep working."""
+  code = ("import sys, numpy as np; from soundloc_jax import evaluation as e\n"
+          "s = e.summarize(np.linspace(0, 1, 9))\n"
+          f"e.plot_success_curve(s, {str(tmp_path / 'c.png')!r})\n"
+          "e.overlay_grid(np.zeros((2, 8, 8, 3), np.uint8), np.ones((2, 4, 4)) / 2, None,"
+          f" ['a', 'b'], {str(tmp_path / 'o.png')!r})\n"
+          "print('matplotlib.pyplot' in sys.modules)")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)) or ".")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "False"
+  assert (tmp_path / "c.png").stat().st_size > 1000 and (tmp_path / "o.png").stat().st_size > 500
