@@ -10,7 +10,8 @@ nothing else changed, so every row has the same data, batch size, optimizer
 and number of steps. HardPos rows mine their neighbours (`python -m
 soundloc_jax.mine`) from the Vanilla-LVS run of the same seed, which is
 itself a row of the table (mining is not counted in the budget; the paper
-does the same). A finished run (its `eval/test/metrics.json` exists) is not
+does the same). LVS-style rows use `negative_pooling=masked` (see
+`MASKED`). A finished run (its `eval/test/metrics.json` exists) is not
 run again, and an interrupted one resumes, so rerunning the same command
 finishes the table. The table reports, per method, the mean and the spread
 (min..max over seeds) of the test cIoU@0.5 and AUC of the demo's headline
@@ -31,17 +32,24 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (config arg, the baseline row whose run HardPos mines, description)
+# LVS-style losses on the demo need LVS's released-code negatives: with Eq. 5's
+# plain spatial means they collapse (README, HardPos section).
+MASKED = ("--config.method.negative_pooling=masked",)
+
+# name -> (config arg, the baseline row whose run HardPos mines, description,
+#          flags of this row)
 METHODS = {
-    "lvs_vanilla": ("configs/lvs.py:,variant=vanilla", None, "Vanilla-LVS (no tri-map, no hard negative)"),
-    "lvs": ("configs/lvs.py", None, "LVS (tri-map + hard negative)"),
-    "hardpos": ("configs/hard_positive.py", "lvs_vanilla", "HardPos (mined from Vanilla-LVS)"),
-    "random_hp": ("configs/hard_positive.py:,neighbours=random", None, "Random HP"),
-    "icl_initial": ("configs/iterative.py:,ablation=initial", None, "ICL initial (Eq. 3 only)"),
-    "icl_itr": ("configs/iterative.py:,ablation=itr", None, "ICL +itr"),
-    "icl_itr_intra": ("configs/iterative.py:,ablation=itr_intra", None, "ICL +itr +intra"),
-    "icl_itr_inter": ("configs/iterative.py:,ablation=itr_inter", None, "ICL +itr +inter"),
-    "icl_full": ("configs/iterative.py:,ablation=full", None, "ICL full (Eq. 7)"),
+    "lvs_vanilla": ("configs/lvs.py:,variant=vanilla", None,
+                    "Vanilla-LVS (no tri-map, no hard negative)", MASKED),
+    "lvs": ("configs/lvs.py", None, "LVS (tri-map + hard negative)", MASKED),
+    "hardpos": ("configs/hard_positive.py", "lvs_vanilla", "HardPos (mined from Vanilla-LVS)",
+                MASKED),
+    "random_hp": ("configs/hard_positive.py:,neighbours=random", None, "Random HP", MASKED),
+    "icl_initial": ("configs/iterative.py:,ablation=initial", None, "ICL initial (Eq. 3 only)", ()),
+    "icl_itr": ("configs/iterative.py:,ablation=itr", None, "ICL +itr", ()),
+    "icl_itr_intra": ("configs/iterative.py:,ablation=itr_intra", None, "ICL +itr +intra", ()),
+    "icl_itr_inter": ("configs/iterative.py:,ablation=itr_inter", None, "ICL +itr +inter", ()),
+    "icl_full": ("configs/iterative.py:,ablation=full", None, "ICL full (Eq. 7)", ()),
 }
 
 
@@ -86,9 +94,9 @@ def train_one(args, method: str, seed: int) -> None:
   workdir = workdir_of(args.out, method, seed)
   if os.path.exists(test_metrics_path(workdir)):
     return
-  config, baseline, _ = METHODS[method]
+  config, baseline, _, own_flags = METHODS[method]
   flags = [f"--config={config}", f"--workdir={workdir}", f"--config.seed={seed}",
-           f"--config.num_epochs={args.epochs}", *args.extra]
+           f"--config.num_epochs={args.epochs}", *own_flags, *args.extra]
   if baseline is not None:
     base_dir = workdir_of(args.out, baseline, seed)
     train_one(args, baseline, seed)
