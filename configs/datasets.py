@@ -6,7 +6,8 @@ front end the builder records (training checks it), the model width and the
 LVS evaluation protocol. "" leaves the config unchanged (the av_digits demo).
 Method files expose these as `--config=configs/<method>.py:PRESET`:
 `iterative.py` (ICL) takes `flickr_10k`, `flickr_20k`, `music_synthetic`;
-`hard_positive.py` (HardPos) takes `vggsound_144k`, `flickr_144k`. A preset
+`hard_positive.py` (HardPos) and `lvs.py` (its baselines) take
+`vggsound_144k`, `flickr_144k`. A preset
 whose dataset is not built fails at start with the `DatasetError` of
 `input_pipeline.open_source`, which names the build command.
 

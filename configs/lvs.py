@@ -1,7 +1,10 @@
 """LVS baseline ("Localizing Visual Sounds the Hard Way"), as HardPos uses it.
 
 `--config=configs/lvs.py[:PRESET][,variant=VARIANT]`
-  PRESET    "" (default): the embedded av_digits demo.
+  PRESET    "" (default): the embedded av_digits demo; vggsound_144k or
+            flickr_144k: the real-data settings of HardPos Tables 1 and 2
+            (configs/datasets.py), so the baseline rows and the model HardPos
+            mines with train on the same data as HardPos itself.
   VARIANT   full (default): tri-map + hard-negative logit (method "lvs");
             vanilla: neither (method "lvs_vanilla", HardPos's Vanilla-LVS,
             the model whose embeddings HardPos mines neighbours with).
@@ -17,14 +20,14 @@ Values (the loss rules are in `soundloc_jax/lvs_losses.py`):
 
 import ml_collections
 
-from configs import default
+from configs import datasets, default
 
 VARIANTS = {"full": "lvs", "vanilla": "lvs_vanilla"}
-PRESETS = ("",)
+PRESETS = ("", "vggsound_144k", "flickr_144k")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  _, options = default.parse_config_arg(arg, config_file="configs/lvs.py", presets=PRESETS,
+  preset, options = default.parse_config_arg(arg, config_file="configs/lvs.py", presets=PRESETS,
                                         choices={"variant": ("full", VARIANTS)})
   variant = options["variant"]
 
@@ -37,4 +40,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.mask_tau = 0.03
   c.method.temperature = 0.07
   c.method.negative_pooling = "mean"
-  return c
+  return datasets.apply_preset(c, preset)

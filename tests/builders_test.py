@@ -275,15 +275,18 @@ def test_music_synthetic_grids_use_the_1s_front_end(built):
   assert ex["spectrogram"].shape == (257, 98) and ex["image"].shape == (246, 246, 3)
 
 
-@pytest.mark.parametrize("method,preset", [
+@pytest.mark.parametrize("method,arg", [
     ("iterative", "flickr_10k"), ("iterative", "flickr_20k"), ("iterative", "music_synthetic"),
-    ("default", "vggsound_144k"), ("default", "flickr_144k")])
-def test_presets_match_their_builders_and_fail_clearly_without_data(tmp_path, method, preset):
+    ("iterative", "flickr_10k,ablation=itr_intra"),
+    ("hard_positive", "vggsound_144k,neighbours=random"), ("hard_positive", "flickr_144k"),
+    ("lvs", "vggsound_144k,variant=vanilla"), ("lvs", "flickr_144k")])
+def test_presets_match_their_builders_and_fail_clearly_without_data(tmp_path, method, arg):
   from configs import datasets
   from soundloc_jax import audio, train
-  config = importlib.import_module(f"configs.{method}").get_config(preset)
-  if method == "default":  # configs/hard_positive.py applies these through the same call
-    config = datasets.apply_preset(config, preset)
+  config = importlib.import_module(f"configs.{method}").get_config(arg)
+  preset = arg.split(",")[0]
+  assert config.dataset.name == datasets.PRESETS[preset]["dataset"]
+  assert config.batch_size == datasets.PRESETS[preset]["batch_size"]
   base, _, builder_config = config.dataset.name.partition("/")
   configs = {c.name: c for c in _builder_class(base).BUILDER_CONFIGS}
   recorded = configs[builder_config or "default"].audio
