@@ -16,6 +16,9 @@ Values (the loss rules are in `soundloc_jax/hardpos_losses.py`):
   negative_pooling = "mean"         Eq. 5: other images' maps spatially
                                     averaged; "masked" soft-masks them as
                                     LVS's released code does.
+  positives = "bavc"                the terms of P_i (Eq. 5): b base pair,
+                                    a audio neighbour, v visual neighbour,
+                                    c both; a subset ("ba", "b") ablates them.
   num_neighbours (K) = 1000         Sec. 3.2 (VGGSound / Flickr 144k). The
                                     demo uses 300: the paper picks K near the
                                     clips per class (300-1000 in VGGSound), and
@@ -48,4 +51,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.mask_tau = 0.03
   c.method.temperature = 0.07
   c.method.negative_pooling = "mean"
+  c.method.positives = "bavc"
   return datasets.apply_preset(c, preset)

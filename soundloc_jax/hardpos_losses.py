@@ -36,6 +36,9 @@ Interpretation choices (the paper leaves these open):
 * Temperature: Eq. 5-6 show none; every logit (the four positives and the
   negatives) is divided by `temperature` (default 0.07, as LVS's code), i.e.
   P_i = sum_x exp(P_x / T), N_i = sum_l exp(mean alpha_il / T).
+* `positives` (default "bavc", all four) names the terms of P_i, an ablation
+  knob the paper does not show: e.g. "ba" keeps P_b and P_a only, "b" is the
+  Vanilla-LVS positive with HardPos's negative set.
 * L = -mean_i log(P_i / (P_i + N_i)) (Eq. 6), computed per row as
   softplus(logsumexp(negative logits) - logsumexp(positive logits)). A row
   without negatives contributes exactly 0.
@@ -51,6 +54,19 @@ import jax
 import jax.numpy as jnp
 
 from soundloc_jax.lvs_losses import NEGATIVE_POOLINGS, masked_response
+
+POSITIVE_TERMS = "bavc"  # the column order of `positive_responses`
+
+
+def positive_columns(positives: str) -> tuple[int, ...]:
+  """Columns of `positive_responses` that `positives` ("bavc", "ba", ...) names;
+  ValueError unless it is a non-empty string of distinct letters from "bavc"."""
+  if (not isinstance(positives, str) or not positives or len(set(positives)) != len(positives)
+      or set(positives) - set(POSITIVE_TERMS)):
+    raise ValueError(f"hardpos_loss: positives {positives!r} must be distinct letters of "
+                     f"{POSITIVE_TERMS!r} (b: base pair, a: audio neighbour, v: visual "
+                     "neighbour, c: both), e.g. 'bavc' or 'ba'")
+  return tuple(POSITIVE_TERMS.index(t) for t in positives)
 
 
 def positive_responses(visual_features, audio_embedding, *, epsilon=0.65, mask_tau=0.03):
@@ -77,11 +93,12 @@ def negative_scores(visual_features, audio_embedding, *, pooling="mean", epsilon
 
 
 def hardpos_loss(visual_features, audio_embedding, negative_mask, *, epsilon=0.65,
-                 mask_tau=0.03, temperature=0.07, negative_pooling="mean"):
+                 mask_tau=0.03, temperature=0.07, negative_pooling="mean", positives="bavc"):
   """HardPos Eq. 5-6 (rules in the module docstring). Returns `(loss, aux)`."""
   if negative_pooling not in NEGATIVE_POOLINGS:
     raise ValueError(f"hardpos_loss: negative_pooling {negative_pooling!r} not in "
                      f"{NEGATIVE_POOLINGS}")
+  columns = positive_columns(positives)
   positives = positive_responses(visual_features, audio_embedding, epsilon=epsilon,
                                  mask_tau=mask_tau)
   negatives = negative_scores(visual_features, audio_embedding, pooling=negative_pooling,
@@ -89,7 +106,7 @@ def hardpos_loss(visual_features, audio_embedding, negative_mask, *, epsilon=0.6
   mask = negative_mask.astype(bool)
   neg_inf = jnp.finfo(jnp.float32).min
   negative_logits = jnp.where(mask, negatives / temperature, neg_inf)
-  positive_logits = positives / temperature
+  positive_logits = positives[:, columns] / temperature
   # -log(P / (P + N)) = log(1 + N / P) = softplus(log N - log P): no
   # cancellation between two ~1/T-sized logsumexps when the loss is small.
   per_row = jax.nn.softplus(jax.nn.logsumexp(negative_logits, axis=1)

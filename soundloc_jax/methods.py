@@ -34,6 +34,9 @@ class Method:
   needs_teacher: bool = False
   needs_neighbours: bool = False
   teacher_active: Callable[[int, Any], bool] = lambda epoch, cfg: False
+  # Called with config.method before anything runs; raises ConfigError naming
+  # the bad `config.method.<key>` (instead of a ValueError at the first step).
+  check_config: Callable[[Any], None] = lambda cfg: None
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -109,7 +112,20 @@ def _hardpos_loss(outputs, teacher_outputs, batch, cfg, rng):
   audio = audio.reshape((-1, 2) + audio.shape[1:])
   return hardpos_losses.hardpos_loss(visual, audio, batch["negative_mask"], epsilon=cfg.epsilon,
                                      mask_tau=cfg.mask_tau, temperature=cfg.temperature,
-                                     negative_pooling=cfg.get("negative_pooling", "mean"))
+                                     negative_pooling=cfg.get("negative_pooling", "mean"),
+                                     positives=cfg.get("positives", "bavc"))
 
 
-register(Method("hardpos", _hardpos_loss, needs_neighbours=True))
+def _check_hardpos_config(cfg):
+  try:
+    hardpos_losses.positive_columns(cfg.get("positives", "bavc"))
+  except ValueError as e:
+    raise ConfigError(f"config.method.positives: {e}") from None
+  pooling = cfg.get("negative_pooling", "mean")
+  if pooling not in lvs_losses.NEGATIVE_POOLINGS:
+    raise ConfigError(f"config.method.negative_pooling={pooling!r} is not one of "
+                      f"{lvs_losses.NEGATIVE_POOLINGS}")
+
+
+register(Method("hardpos", _hardpos_loss, needs_neighbours=True,
+                check_config=_check_hardpos_config))

@@ -405,6 +405,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   method = methods.get(config.method.name)
+  method.check_config(config.method)
   name, data_dir = prepare_data(config)
   ds_cfg = config.dataset
   train_source = input_pipeline.open_source(name, ds_cfg.train_split, data_dir)

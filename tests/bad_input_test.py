@@ -119,6 +119,10 @@ def _cases(c):
       "missing config file": refused(Case("main", ["--config=configs/no_such_file.py",
                                                    f"--workdir={p('new_run')}"]),
                                      "configs/no_such_file.py"),
+      "bad method value (HardPos positives)": refused(
+          Case("main", ["--config=configs/hard_positive.py:,neighbours=random",
+                        "--config.method.positives=bx", f"--config.dataset.data_dir={data}",
+                        f"--workdir={p('new_run')}"]), "config.method.positives", "'bx'"),
       "dataset not built": refused(main("--config.dataset.name=flickr_soundnet/10k",
                                         f"--config.dataset.data_dir={p('empty_data')}"),
                                    "flickr_soundnet", p("empty_data")),
@@ -152,7 +156,7 @@ def _cases(c):
 
 
 CASES = ["unknown config key", "ill-typed config value (int)", "ill-typed config value (bool)",
-         "unknown config value", "unknown preset", "missing config file", "dataset not built",
+         "unknown config value", "bad method value (HardPos positives)", "unknown preset", "missing config file", "dataset not built",
          "workdir holds a different config", "checkpoint of another model (--mode=eval)",
          "missing image", "corrupt image", "huge image (over 50 MP)",
          "grayscale image (converted)", "CMYK image (converted)", "palette image (converted)",

@@ -44,7 +44,7 @@ def _mean(alpha):
 
 
 def reference_loss(visual, audio, negative_mask, epsilon=EPS, mask_tau=MASK_TAU, temperature=TEMP,
-                   negative_pooling="mean"):
+                   negative_pooling="mean", positives="bavc"):
   visual = np.asarray(visual, np.float64)
   audio = np.asarray(audio, np.float64)
   batch = visual.shape[0]
@@ -56,7 +56,8 @@ def reference_loss(visual, audio, negative_mask, epsilon=EPS, mask_tau=MASK_TAU,
     p_a = _masked(_alpha(neighbour_audio, base_image), epsilon, mask_tau)
     p_v = _masked(_alpha(base_audio, neighbour_image), epsilon, mask_tau)
     p_c = _masked(_alpha(neighbour_audio, neighbour_image), epsilon, mask_tau)
-    positive = sum(math.exp(p / temperature) for p in (p_b, p_a, p_v, p_c))
+    terms = {"b": p_b, "a": p_a, "v": p_v, "c": p_c}
+    positive = sum(math.exp(terms[t] / temperature) for t in positives)
     negative = 0.0
     for l in range(batch):
       if negative_mask[i][l]:
@@ -107,7 +108,8 @@ def random_case(seed, batch=5, h=3, w=3, d=6):
 
 def test_loss_matches_reference_on_many_random_cases():
   loss_fn = jax.jit(hardpos_losses.hardpos_loss,
-                    static_argnames=("epsilon", "mask_tau", "temperature", "negative_pooling"))
+                    static_argnames=("epsilon", "mask_tau", "temperature", "negative_pooling",
+                                     "positives"))
   values = []
   for seed in range(80):  # masks: random, empty rows / unused columns, all, one row
     visual, audio, mask = random_case(seed, batch=3 + seed % 5)
@@ -115,6 +117,8 @@ def test_loss_matches_reference_on_many_random_cases():
     kwargs = {} if seed % 2 else dict(epsilon=0.3, mask_tau=0.1, temperature=0.5)
     if seed % 3 == 0:  # LVS-code negatives
       kwargs["negative_pooling"] = "masked"
+    if seed % 5 == 1:  # a subset of the positives (the ablation knob), in any order
+      kwargs["positives"] = ("b", "ba", "cv", "vab")[seed // 5 % 4]
     loss, aux = loss_fn(visual, audio, mask, **kwargs)
     expected = reference_loss(visual, audio, mask, **kwargs)
     values.append(expected)
@@ -161,6 +165,17 @@ def test_gradients_match_finite_differences_of_reference(seed):
                      + np.sum(np.asarray(grad_a, np.float64) * da))
     assert abs(fd) > 1e-4  # a direction the loss really changes along
     np.testing.assert_allclose(analytic, fd, rtol=1e-3, atol=1e-6)
+
+
+def test_positive_subsets_change_the_loss_and_bad_ones_are_refused():
+  visual, audio, mask = random_case(4)
+  values = {p: float(hardpos_losses.hardpos_loss(visual, audio, mask, positives=p)[0])
+            for p in ("bavc", "ba", "b")}
+  # Fewer positive terms: a smaller P_i, so a larger loss.
+  assert values["b"] > values["ba"] > values["bavc"]
+  for bad in ("", "bb", "bx", "BAVC"):
+    with pytest.raises(ValueError, match="positives"):
+      hardpos_losses.hardpos_loss(visual, audio, mask, positives=bad)
 
 
 def test_unknown_negative_pooling():
