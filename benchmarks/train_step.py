@@ -4,6 +4,7 @@
       --batch=128 --dtype=bfloat16            # GPU, paper shapes (224, 257x300, width 64)
   python benchmarks/train_step.py --batch 8 --image_size 64 --spec 64x63 \
       --width 16 --dtype float32              # CPU smoke size
+  python benchmarks/train_step.py --config=configs/hard_positive.py ...   # neighbour batches
   python benchmarks/train_step.py ... --devices 8   # 8 simulated CPU devices (re-execs)
   python benchmarks/train_step.py ... --torch       # + a PyTorch peer, side by side
   python benchmarks/train_step.py ... --profile /tmp/trace   # jax.profiler trace
@@ -138,13 +139,22 @@ def bench_jax(args, config):
   optimizer = train.make_optimizer(config)
   graphdef, state = train.create_train_state(config, optimizer)
   state = jax.device_put(state, NamedSharding(mesh, P()))
+  method = methods.get(config.method.name)
   rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (args.batch, args.image_size, args.image_size, 3),
-                                 dtype=np.uint8),
-           "spectrogram": rng.normal(size=(args.batch, f, t)).astype(np.float32)}
+  # HardPos batches (`input_pipeline.train_iterator(neighbours=...)`): each base
+  # row brings its visual neighbour's image and audio neighbour's spectrogram
+  # ([B, 2, ...]) and a row of the negative mask; samples/s counts base rows.
+  slots = (2,) if method.needs_neighbours else ()
+  batch = {"image": rng.integers(0, 256, (args.batch, *slots, args.image_size, args.image_size,
+                                          3), dtype=np.uint8),
+           "spectrogram": rng.normal(size=(args.batch, *slots, f, t)).astype(np.float32)}
+  if method.needs_neighbours:  # ~85% of the other rows are negatives, as on the demo
+    mask = rng.random((args.batch, args.batch)) < 0.85
+    np.fill_diagonal(mask, False)
+    batch["negative_mask"] = mask
   batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
-  step = train.make_train_step(graphdef, methods.get(config.method.name), config.method,
-                               optimizer, args.teacher == "on", mesh)
+  step = train.make_train_step(graphdef, method, config.method, optimizer,
+                               args.teacher == "on" and method.needs_teacher, mesh)
 
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
@@ -159,7 +169,7 @@ def bench_jax(args, config):
     return metrics
 
   for _ in range(args.warmup):
-    metrics = run_step()
+    run_step()
   times = time_steps(run_step, args.steps)
   loss = float(jax.device_get(run_step()["loss"]))
   if args.profile:
@@ -174,11 +184,12 @@ def bench_jax(args, config):
   except Exception:
     stats = {}
   peak, peak_name = peak_flops(device.device_kind, device.platform, args.dtype)
-  del metrics
   return {
       "framework": "jax", "jax": jax.__version__, "device": device.device_kind,
       "platform": device.platform, "devices": n_dev,
-      "method": config.method.name, "teacher": args.teacher, "batch": args.batch,
+      "method": config.method.name,
+      "teacher": args.teacher if method.needs_teacher else "n/a",
+      "inputs_per_sample": 2 if method.needs_neighbours else 1, "batch": args.batch,
       "image_size": args.image_size, "spec": [f, t], "width": args.width, "dtype": args.dtype,
       "samples_per_s": args.batch / step_s, "ms_per_step": 1e3 * step_s,
       "ms_per_sample": 1e3 * step_s / args.batch,
