@@ -19,6 +19,9 @@ Values (the loss rules are in `soundloc_jax/hardpos_losses.py`):
   positives = "bavc"                the terms of P_i (Eq. 5): b base pair,
                                     a audio neighbour, v visual neighbour,
                                     c both; a subset ("ba", "b") ablates them.
+  neighbour_gradient = True         the paper's loss; False stop-gradients the
+                                    neighbours' features (a diagnostic, see the
+                                    hardpos_losses docstring and the README).
   num_neighbours (K) = 1000         Sec. 3.2 (VGGSound / Flickr 144k). The
                                     demo uses 300: the paper picks K near the
                                     clips per class (300-1000 in VGGSound), and
@@ -52,4 +55,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.temperature = 0.07
   c.method.negative_pooling = "mean"
   c.method.positives = "bavc"
+  c.method.neighbour_gradient = True
   return datasets.apply_preset(c, preset)

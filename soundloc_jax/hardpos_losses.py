@@ -39,6 +39,11 @@ Interpretation choices (the paper leaves these open):
 * `positives` (default "bavc", all four) names the terms of P_i, an ablation
   knob the paper does not show: e.g. "ba" keeps P_b and P_a only, "b" is the
   Vanilla-LVS positive with HardPos's negative set.
+* `neighbour_gradient` (default True, the paper's loss): with False the
+  neighbours' features (slot 1: V_k and A_j) are stop-gradiented, so the
+  hard-positive terms move only the base image and audio. A diagnostic and
+  a deviation from the paper: the neighbours appear in no negative, so
+  their gradient is a pull toward the base pair alone (see the README).
 * L = -mean_i log(P_i / (P_i + N_i)) (Eq. 6), computed per row as
   softplus(logsumexp(negative logits) - logsumexp(positive logits)). A row
   without negatives contributes exactly 0.
@@ -93,12 +98,17 @@ def negative_scores(visual_features, audio_embedding, *, pooling="mean", epsilon
 
 
 def hardpos_loss(visual_features, audio_embedding, negative_mask, *, epsilon=0.65,
-                 mask_tau=0.03, temperature=0.07, negative_pooling="mean", positives="bavc"):
+                 mask_tau=0.03, temperature=0.07, negative_pooling="mean", positives="bavc",
+                 neighbour_gradient=True):
   """HardPos Eq. 5-6 (rules in the module docstring). Returns `(loss, aux)`."""
   if negative_pooling not in NEGATIVE_POOLINGS:
     raise ValueError(f"hardpos_loss: negative_pooling {negative_pooling!r} not in "
                      f"{NEGATIVE_POOLINGS}")
   columns = positive_columns(positives)
+  if not neighbour_gradient:
+    stop_slot1 = lambda x: jnp.concatenate(  # noqa: E731
+        [x[:, :1], jax.lax.stop_gradient(x[:, 1:])], axis=1)
+    visual_features, audio_embedding = stop_slot1(visual_features), stop_slot1(audio_embedding)
   positives = positive_responses(visual_features, audio_embedding, epsilon=epsilon,
                                  mask_tau=mask_tau)
   negatives = negative_scores(visual_features, audio_embedding, pooling=negative_pooling,

@@ -113,7 +113,8 @@ def _hardpos_loss(outputs, teacher_outputs, batch, cfg, rng):
   return hardpos_losses.hardpos_loss(visual, audio, batch["negative_mask"], epsilon=cfg.epsilon,
                                      mask_tau=cfg.mask_tau, temperature=cfg.temperature,
                                      negative_pooling=cfg.get("negative_pooling", "mean"),
-                                     positives=cfg.get("positives", "bavc"))
+                                     positives=cfg.get("positives", "bavc"),
+                                     neighbour_gradient=cfg.get("neighbour_gradient", True))
 
 
 def _check_hardpos_config(cfg):

@@ -178,6 +178,22 @@ def test_positive_subsets_change_the_loss_and_bad_ones_are_refused():
       hardpos_losses.hardpos_loss(visual, audio, mask, positives=bad)
 
 
+def test_stopping_the_neighbours_gradient_keeps_the_loss_and_moves_only_the_base_pair():
+  visual, audio, mask = random_case(6)
+  grad = jax.grad(lambda v, a, flag: hardpos_losses.hardpos_loss(
+      v, a, mask, neighbour_gradient=flag)[0], argnums=(0, 1))
+  value = lambda flag: float(hardpos_losses.hardpos_loss(  # noqa: E731
+      visual, audio, mask, neighbour_gradient=flag)[0])
+  assert value(False) == value(True)
+  (gv, ga), (sv, sa) = grad(visual, audio, True), grad(visual, audio, False)
+  # Slot 1 (V_k, A_j): a gradient with the paper's loss, none when stopped.
+  assert np.abs(gv[:, 1]).max() > 1e-4 and np.abs(ga[:, 1]).max() > 1e-4
+  assert np.all(sv[:, 1] == 0) and np.all(sa[:, 1] == 0)
+  # Slot 0 (V_i, A_i): the same gradient either way.
+  np.testing.assert_allclose(sv[:, 0], gv[:, 0], rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(sa[:, 0], ga[:, 0], rtol=1e-6, atol=1e-8)
+
+
 def test_unknown_negative_pooling():
   visual, audio, mask = random_case(0)
   with pytest.raises(ValueError, match="negative_pooling"):
