@@ -1,7 +1,8 @@
-"""CPU benchmark of HardPos neighbour mining (`soundloc_jax.mining`).
+"""Benchmark of HardPos neighbour mining (`soundloc_jax.mining`).
 
 Prints one JSON line: n, d, k, block_size, seconds (wall time of
-`topk_neighbours`, including the one compile), peak RSS of the process in MiB.
+`topk_neighbours`, including the one compile), peak RSS of the process in MiB
+and, on an accelerator, the device's peak memory in MiB.
 
   python benchmarks/mining.py [--n 20000] [--d 512] [--k 1000] [--block_size 1024]
 """
@@ -34,9 +35,15 @@ def main():
   seconds = time.perf_counter() - start
   assert indices.shape == (args.n, args.k) and np.all(np.diff(scores, axis=1) <= 0)
   peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+  try:  # accelerators: the device's own peak (the n x n matrix must never be there)
+    device_peak = (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+  except Exception:
+    device_peak = None
   print(json.dumps({"benchmark": "mining.topk_neighbours", "n": args.n, "d": args.d,
                     "k": args.k, "block_size": args.block_size, "seconds": round(seconds, 2),
-                    "peak_rss_mib": round(peak_rss_mib, 1), "backend": jax.default_backend(),
+                    "peak_rss_mib": round(peak_rss_mib, 1),
+                    "device_peak_mib": round(device_peak / 2**20, 1) if device_peak else None,
+                    "device": jax.local_devices()[0].device_kind, "backend": jax.default_backend(),
                     "cpus": jax.device_count(), "machine": platform.machine()}))
 
 

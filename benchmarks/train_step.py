@@ -6,7 +6,7 @@
       --width 16 --dtype float32              # CPU smoke size
   python benchmarks/train_step.py --config=configs/hard_positive.py ...   # neighbour batches
   python benchmarks/train_step.py ... --devices 8   # 8 simulated CPU devices (re-execs)
-  python benchmarks/train_step.py ... --torch       # + a PyTorch peer, side by side
+  python benchmarks/train_step.py ... --torch [--torch_compile]  # + a PyTorch peer, side by side
   python benchmarks/train_step.py ... --profile /tmp/trace   # jax.profiler trace
 
 Prints ONE JSON line. The step is `train.make_train_step` exactly as
@@ -70,7 +70,9 @@ def parse_args(argv=None):
   p.add_argument("--devices", type=int, default=0,
                  help="CPU only: simulate N devices (re-execs with XLA_FLAGS)")
   p.add_argument("--torch", action="store_true",
-                 help="also time a PyTorch peer (torchvision ResNet-18 x2 + Eq. 3)")
+                 help="also time a PyTorch peer (ResNet-18 x2, the config's loss family)")
+  p.add_argument("--torch_compile", action="store_true",
+                 help="with --torch: torch.compile the peer's forward + loss")
   return p.parse_args(argv)
 
 
@@ -204,77 +206,148 @@ def bench_jax(args, config):
   }
 
 
-def bench_torch(args):
-  """PyTorch peer: torchvision ResNet-18 trunks (visual layer4 stride 1, audio
-  1-channel stem), ICL Eq. 3 loss, Adam; bf16 via autocast on CUDA."""
+def _torch_resnet18(torch, in_ch: int, width: int, layer4_stride: int):
+  """torchvision's ResNet-18 topology (BasicBlocks, 1x1 conv + BN downsample)
+  without its avgpool/fc, at any width; written here so the peer needs only
+  torch (torchvision's wheels are tied to one torch build)."""
+  nn = torch.nn
+
+  class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(cout)
+      self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(cout)
+      self.downsample = None
+      if stride != 1 or cin != cout:
+        self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                        nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+      y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+      return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+  layers = [nn.Conv2d(in_ch, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+  cin = width
+  for i, stride in enumerate((1, 2, 2, layer4_stride)):
+    cout = width * 2 ** i
+    layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
+    cin = cout
+  return nn.Sequential(*layers)
+
+
+def _torch_loss(torch, method_config):
+  """`(v [B,d,h,w], a [B,d]) -> loss` of the config's family in torch, the
+  same function as ours (`tests/benchmarks_test.py` compares them where torch
+  is installed): `lvs_losses.lvs_loss` for "lvs"/"lvs_vanilla", ICL's Eq. 3
+  (pooled InfoNCE, `losses`) for everything else."""
+  F = torch.nn.functional
+  name = method_config.name
+  if name not in ("lvs", "lvs_vanilla"):
+    def eq3(v, a):
+      logits = v.mean(dim=(2, 3)) @ a.T / method_config.get("tau", 0.07)
+      return F.cross_entropy(logits, torch.arange(v.shape[0], device=v.device))
+    return eq3, "Eq. 3"
+  eps, eps2 = method_config.epsilon, method_config.epsilon2
+  tau, temp = method_config.mask_tau, method_config.temperature
+  full = name == "lvs"
+  masked_negatives = method_config.get("negative_pooling", "mean") == "masked"
+
+  def masked(maps, weights):
+    return (weights * maps).sum((-2, -1)) / weights.sum((-2, -1))
+
+  def lvs(v, a):
+    pairs = torch.einsum("ndhw,kd->nkhw", v, a)       # [image, audio, h, w]
+    own = torch.diagonal(pairs).permute(2, 0, 1)      # [B, h, w]
+    positive = masked(own, torch.sigmoid((own - eps) / tau))
+    between = (masked(pairs, torch.sigmoid((pairs - eps) / tau)) if masked_negatives
+               else pairs.mean((2, 3)))
+    eye = torch.eye(v.shape[0], dtype=torch.bool, device=v.device)
+    logits = [positive[:, None]]
+    if full:  # tri-map hard negative: the background of the own map
+      logits.append(masked(own, torch.sigmoid(-(own - eps2) / tau))[:, None])
+    logits = torch.cat(logits + [between.masked_fill(eye, float("-inf"))], 1) / temp
+    return F.cross_entropy(logits, torch.zeros(v.shape[0], dtype=torch.long, device=v.device))
+  return lvs, "LVS tri-map + hard negative" if full else "Vanilla-LVS"
+
+
+def bench_torch(args, config):
+  """PyTorch peer of the same model and loss family: two ResNet-18 trunks
+  (visual layer4 stride 1, audio 1-channel stem and layer4 stride 2),
+  L2-normalised features, the config's loss (`_torch_loss`), Adam; bf16 via
+  autocast on CUDA, channels_last; `--torch_compile` compiles the forward +
+  loss with torch.compile (the fast PyTorch recipe of shared/GPU.md)."""
   try:
     import torch
     import torch.nn.functional as F
-    import torchvision
   except ImportError as e:
-    print(f"--torch: skipped, PyTorch/torchvision not importable ({e})", file=sys.stderr)
+    print(f"--torch: skipped, PyTorch not importable ({e})", file=sys.stderr)
     return {"skipped": f"torch not importable: {e}"}
+  if config.method.name == "hardpos":
+    return {"skipped": "no PyTorch peer of HardPos's neighbour batches"}
 
   dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   f, t = (int(x) for x in args.spec.lower().split("x"))
-
-  def trunk(in_ch, layer4_stride):
-    net = torchvision.models.resnet18(weights=None)
-    if in_ch != 3:
-      net.conv1 = torch.nn.Conv2d(in_ch, 64, 7, 2, 3, bias=False)
-    if layer4_stride == 1:
-      net.layer4[0].conv1.stride = (1, 1)
-      net.layer4[0].downsample[0].stride = (1, 1)
-    return torch.nn.Sequential(*list(net.children())[:-2])  # drop avgpool, fc
+  torch.manual_seed(0)
+  loss_of, loss_name = _torch_loss(torch, config.method)
 
   class AV(torch.nn.Module):
     def __init__(self):
       super().__init__()
-      self.visual, self.audio = trunk(3, 1), trunk(1, 2)
+      self.visual = _torch_resnet18(torch, 3, args.width, 1)
+      self.audio = _torch_resnet18(torch, 1, args.width, 2)
 
     def forward(self, image, spec):
-      v = F.normalize(self.visual(image), dim=1)                    # [B, d, h, w]
+      v = F.normalize(self.visual(image), dim=1)                          # [B, d, h, w]
       a = F.normalize(self.audio(spec[:, None]).mean(dim=(2, 3)), dim=1)  # [B, d]
       return v, a
 
   model = AV().to(dev).to(memory_format=torch.channels_last)
+  teacher_on = args.teacher == "on" and config.method.name == "icl"
   teacher = AV().to(dev).to(memory_format=torch.channels_last).eval()
   for p in teacher.parameters():
     p.requires_grad_(False)
-  opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+  opt = torch.optim.Adam(model.parameters(), lr=3e-3, fused=dev.type == "cuda")
   image = torch.randn(args.batch, 3, args.image_size, args.image_size, device=dev)
   image = image.to(memory_format=torch.channels_last)
   spec = torch.randn(args.batch, f, t, device=dev)
-  target = torch.arange(args.batch, device=dev)
   use_bf16 = args.dtype == "bfloat16" and dev.type == "cuda"
 
-  def step():
+  def forward_loss(image, spec):
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-      if args.teacher == "on":
+      if teacher_on:
         with torch.no_grad():
           teacher(image, spec)
       v, a = model(image, spec)
-      logits = v.float().mean(dim=(2, 3)) @ a.float().T / 0.07   # Eq. 3
-      loss = F.cross_entropy(logits, target)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss
+    return loss_of(v.float(), a.float())
 
+  compiled = torch.compile(forward_loss) if args.torch_compile else forward_loss
   sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
   def run_step():
-    step()
+    loss = compiled(image, spec)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
     sync()
+    return loss
 
+  t0 = time.perf_counter()
+  run_step()  # compiles with --torch_compile
+  first_s = time.perf_counter() - t0
   for _ in range(args.warmup):
     run_step()
   times = time_steps(run_step, args.steps)
+  loss = float(run_step().detach())
   step_s = statistics.median(times)
+  peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
   return {"framework": "torch", "torch": torch.__version__, "device": str(dev),
-          "width": 64, "bf16_autocast": use_bf16, "channels_last": True, "loss": "Eq. 3",
-          "teacher_forward": args.teacher == "on",
-          "samples_per_s": args.batch / step_s, "ms_per_step": 1e3 * step_s}
+          "width": args.width, "bf16_autocast": use_bf16, "channels_last": True,
+          "torch_compile": args.torch_compile, "loss": loss_name, "teacher_forward": teacher_on,
+          "samples_per_s": args.batch / step_s, "ms_per_step": 1e3 * step_s,
+          "first_step_s": first_s, "peak_memory_bytes": peak, "final_loss": loss}
 
 
 def main(argv=None):
@@ -289,9 +362,7 @@ def main(argv=None):
   config.dataset.image_size = args.image_size
   result = bench_jax(args, config)
   if args.torch:
-    peer = bench_torch(args)
-    if args.width != 64 and "skipped" not in peer:
-      peer["note"] = f"torchvision ResNet-18 has width 64; the JAX model used {args.width}"
+    peer = bench_torch(args, config)
     result["torch"] = peer
     if "samples_per_s" in peer:
       result["speedup_vs_torch"] = result["samples_per_s"] / peer["samples_per_s"]

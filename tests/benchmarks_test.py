@@ -44,3 +44,32 @@ def test_step_benchmark_times_the_requested_step(bench, capsys):
   assert 1.8 < hardpos["flops_per_step"] / lvs["flops_per_step"] < 2.3
   # The teacher adds one forward (~1/3 of a forward + backward).
   assert 1.15 < icl["flops_per_step"] / icl_student["flops_per_step"] < 1.6
+
+
+@pytest.mark.parametrize("config_arg,pooling", [
+    ("configs/lvs.py", "mean"), ("configs/lvs.py", "masked"),
+    ("configs/lvs.py:,variant=vanilla", "masked"), ("configs/iterative.py", None)])
+def test_torch_peer_computes_our_loss(bench, config_arg, pooling):
+  """The `--torch` peer's loss equals ours on the same features, so the speed
+  ratio compares the same work. Runs where torch is installed (the GPU
+  machine; here `pip install torch==2.13.0` in a separate venv); CI has none."""
+  torch = pytest.importorskip("torch")
+  import numpy as np
+
+  from soundloc_jax import methods
+  config = bench.load_config(config_arg)
+  if pooling:
+    config.method.negative_pooling = pooling
+  rng = np.random.default_rng(0)
+  # Patches scattered around a shared direction, so soft masks are partial.
+  v = rng.normal(size=(6, 5, 4, 16)) + 2.0 * rng.normal(size=16)
+  a = rng.normal(size=(6, 16)) + 2.0 * rng.normal(size=16)
+  v /= np.linalg.norm(v, axis=-1, keepdims=True)
+  a /= np.linalg.norm(a, axis=-1, keepdims=True)
+  v, a = v.astype(np.float32), a.astype(np.float32)
+  ours, _ = methods.get(config.method.name).loss(
+      {"visual_features": v, "audio_embedding": a}, None, {}, config.method, None)
+  loss_fn, _ = bench._torch_loss(torch, config.method)
+  theirs = loss_fn(torch.from_numpy(v).permute(0, 3, 1, 2), torch.from_numpy(a))
+  assert 0.05 < float(ours) < 50
+  np.testing.assert_allclose(float(theirs), float(ours), rtol=1e-5)
