@@ -206,38 +206,6 @@ def bench_jax(args, config):
   }
 
 
-def _torch_resnet18(torch, in_ch: int, width: int, layer4_stride: int):
-  """torchvision's ResNet-18 topology (BasicBlocks, 1x1 conv + BN downsample)
-  without its avgpool/fc, at any width; written here so the peer needs only
-  torch (torchvision's wheels are tied to one torch build)."""
-  nn = torch.nn
-
-  class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(cout)
-      self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(cout)
-      self.downsample = None
-      if stride != 1 or cin != cout:
-        self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                        nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-      y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-      return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-  layers = [nn.Conv2d(in_ch, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
-  cin = width
-  for i, stride in enumerate((1, 2, 2, layer4_stride)):
-    cout = width * 2 ** i
-    layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
-    cin = cout
-  return nn.Sequential(*layers)
-
-
 def _torch_loss(torch, method_config):
   """`(v [B,d,h,w], a [B,d]) -> loss` of the config's family in torch, the
   same function as ours (`tests/benchmarks_test.py` compares them where torch
@@ -275,7 +243,8 @@ def _torch_loss(torch, method_config):
 
 def bench_torch(args, config):
   """PyTorch peer of the same model and loss family: two ResNet-18 trunks
-  (visual layer4 stride 1, audio 1-channel stem and layer4 stride 2),
+  (`soundloc_jax.tools.torch_resnet18`: visual layer4 stride 1, audio
+  1-channel stem and layer4 stride 2),
   L2-normalised features, the config's loss (`_torch_loss`), Adam; bf16 via
   autocast on CUDA, channels_last; `--torch_compile` compiles the forward +
   loss with torch.compile (the fast PyTorch recipe of shared/GPU.md)."""
@@ -293,11 +262,13 @@ def bench_torch(args, config):
   torch.manual_seed(0)
   loss_of, loss_name = _torch_loss(torch, config.method)
 
+  from soundloc_jax.tools.torch_resnet18 import ResNet18
+
   class AV(torch.nn.Module):
     def __init__(self):
       super().__init__()
-      self.visual = _torch_resnet18(torch, 3, args.width, 1)
-      self.audio = _torch_resnet18(torch, 1, args.width, 2)
+      self.visual = ResNet18(args.width, layer4_stride=1)
+      self.audio = ResNet18(args.width, layer4_stride=2, in_channels=1)
 
     def forward(self, image, spec):
       v = F.normalize(self.visual(image), dim=1)                          # [B, d, h, w]
