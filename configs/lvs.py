@@ -27,8 +27,9 @@ PRESETS = ("", "vggsound_144k", "flickr_144k")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  preset, options = default.parse_config_arg(arg, config_file="configs/lvs.py", presets=PRESETS,
-                                        choices={"variant": ("full", VARIANTS)})
+  preset, options = default.parse_config_arg(arg, config_file="configs/lvs.py",
+                                             presets=PRESETS,
+                                             choices={"variant": ("full", VARIANTS)})
   variant = options["variant"]
 
   c = default.get_config()

@@ -98,8 +98,17 @@ def _make_lvs_loss(trimap, hard_negative):
   return loss
 
 
-register(Method("lvs", _make_lvs_loss(trimap=True, hard_negative=True)))
-register(Method("lvs_vanilla", _make_lvs_loss(trimap=False, hard_negative=False)))
+def _check_negative_pooling(cfg):
+  pooling = cfg.get("negative_pooling", "mean")
+  if pooling not in lvs_losses.NEGATIVE_POOLINGS:
+    raise ConfigError(f"config.method.negative_pooling={pooling!r} is not one of "
+                      f"{lvs_losses.NEGATIVE_POOLINGS}")
+
+
+register(Method("lvs", _make_lvs_loss(trimap=True, hard_negative=True),
+                check_config=_check_negative_pooling))
+register(Method("lvs_vanilla", _make_lvs_loss(trimap=False, hard_negative=False),
+                check_config=_check_negative_pooling))
 
 
 # HardPos (soundloc_jax.hardpos_losses): batches carry one audio and one visual
@@ -122,10 +131,7 @@ def _check_hardpos_config(cfg):
     hardpos_losses.positive_columns(cfg.get("positives", "bavc"))
   except ValueError as e:
     raise ConfigError(f"config.method.positives: {e}") from None
-  pooling = cfg.get("negative_pooling", "mean")
-  if pooling not in lvs_losses.NEGATIVE_POOLINGS:
-    raise ConfigError(f"config.method.negative_pooling={pooling!r} is not one of "
-                      f"{lvs_losses.NEGATIVE_POOLINGS}")
+  _check_negative_pooling(cfg)
 
 
 register(Method("hardpos", _hardpos_loss, needs_neighbours=True,

@@ -239,3 +239,18 @@ def test_config_errors():
     lvs_config.get_config("varaint=full")
   with pytest.raises(ValueError, match="unknown variant"):
     lvs_config.get_config("variant=tri")
+
+
+@pytest.mark.parametrize("name", ["lvs", "lvs_vanilla", "hardpos"])
+def test_methods_refuse_an_unknown_negative_pooling_before_training(name):
+  """A bad `config.method.negative_pooling` is one ConfigError naming the key,
+  raised by the method's config check (train runs it before reading data)."""
+  import ml_collections
+
+  from soundloc_jax import methods
+  from soundloc_jax.errors import ConfigError
+  cfg = ml_collections.ConfigDict({"negative_pooling": "masked"})
+  methods.get(name).check_config(cfg)
+  cfg.negative_pooling = "max"
+  with pytest.raises(ConfigError, match=r"config\.method\.negative_pooling='max'"):
+    methods.get(name).check_config(cfg)
