@@ -276,7 +276,8 @@ def bench_torch(args, config):
       return v, a
 
   model = AV().to(dev).to(memory_format=torch.channels_last)
-  teacher_on = args.teacher == "on" and config.method.name == "icl"
+  from soundloc_jax import methods
+  teacher_on = args.teacher == "on" and methods.get(config.method.name).needs_teacher
   teacher = AV().to(dev).to(memory_format=torch.channels_last).eval()
   for p in teacher.parameters():
     p.requires_grad_(False)

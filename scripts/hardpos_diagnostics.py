@@ -14,62 +14,80 @@ and the cosine between a base audio and its audio neighbour against the
 cosine between base audios of the batch (same sounding class vs mostly
 others).
 """
+import os
 import sys
-import numpy as np
-import jax.numpy as jnp
-import soundloc_jax
-from soundloc_jax import input_pipeline, neighbours, train, hardpos_losses
 
-for workdir in sys.argv[1:]:
-  loc = soundloc_jax.load(workdir)
-  cfg = loc.config
-  name, data_dir = train.prepare_data(cfg)
-  source = input_pipeline.open_source(name, "train", data_dir)
-  table = neighbours.from_config(cfg.method, source, cfg.seed)
-  it, _ = input_pipeline.train_iterator(source, global_batch=64, seed=123, start_step=0,
-                                        num_steps=8, image_size=cfg.dataset.image_size,
-                                        augment=False, neighbours=table)
-  import os
-  from flax import nnx
-  if os.environ.get("TRAIN_MODE"):
-    def full(params, batch_stats, im, sp):
-      model = nnx.merge(loc.graphdef, params, batch_stats)
-      model.train()
-      return model(jnp.asarray(im), jnp.asarray(sp))
-  else:
-    full = train.make_predict_fn(loc.graphdef, outputs="all")
-  pos_all, neg_all, cells, cos_aa, cos_other = [], [], [], [], []
-  for batch in it:
-    b = batch["image"].shape[0]
-    im = batch["image"].reshape((-1,) + batch["image"].shape[2:])
-    sp = batch["spectrogram"].reshape((-1,) + batch["spectrogram"].shape[2:])
-    out = full(loc.params, loc.batch_stats, im, sp)
-    v = np.asarray(out["visual_features"], np.float32).reshape((b, 2) + out["visual_features"].shape[1:])
-    a = np.asarray(out["audio_embedding"], np.float32).reshape(b, 2, -1)
-    pos = np.asarray(hardpos_losses.positive_responses(jnp.asarray(v), jnp.asarray(a)))
-    neg = np.asarray(hardpos_losses.negative_scores(jnp.asarray(v), jnp.asarray(a), pooling="masked"))
-    mask = batch["negative_mask"]
-    pos_all.append(pos); neg_all.append(neg[mask])
-    idx = batch["index"]; nidx = batch["neighbour_index"]
-    for r in range(b):
-      ex = source[int(idx[r])]
-      present, label = np.asarray(ex["present"]), int(ex["label"])
-      sounding = int(np.where(present == label)[0][0])
-      def peak_cell(audio, image):
-        m = np.einsum("hwd,d->hw", image, audio)
-        c = m.reshape(2, 2, 2, 2).sum(axis=(1, 3))  # [cell row, cell col]
-        return int(np.argmax(c))
-      aj_label = int(source[int(nidx[r, 0])]["label"])
-      cells.append((peak_cell(a[r, 0], v[r, 0]) == sounding, peak_cell(a[r, 1], v[r, 0]) == sounding,
-                    aj_label == label))
-      cos_aa.append(float(a[r, 0] @ a[r, 1]))
-    # audio-audio cosine to other rows' base audio (mostly other classes)
-    g = a[:, 0] @ a[:, 0].T
-    cos_other.append(g[~np.eye(b, dtype=bool)].mean())
-  pos = np.concatenate(pos_all); neg = np.concatenate(neg_all); cells = np.asarray(cells)
-  print(f"== {workdir} (method.positives={cfg.method.get('positives', 'bavc')})")
-  print("  mean P_b %.3f P_a %.3f P_v %.3f P_c %.3f | negatives %.3f" % (*pos.mean(0), neg.mean()))
-  print("  rows with P_a > P_b: %.2f; P_v > P_b: %.2f" % ((pos[:, 1] > pos[:, 0]).mean(), (pos[:, 2] > pos[:, 0]).mean()))
-  print("  peak on sounding cell: base audio %.2f, audio neighbour %.2f (chance ~0.25-0.5); neighbour same class %.2f"
-        % tuple(cells.mean(0)))
-  print("  cos(A_i, A_j) %.3f vs cos(A_i, other rows' audio) %.3f" % (np.mean(cos_aa), np.mean(cos_other)))
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import soundloc_jax
+from soundloc_jax import hardpos_losses, input_pipeline, methods, neighbours, train
+
+
+def peak_cells(audio, images):
+  """Row-major 2x2 cell of each [4, 4] map (<image patch, audio>) with the
+  largest summed response: audio [B, d], images [B, 4, 4, d] -> [B]."""
+  maps = np.einsum("bhwd,bd->bhw", images, audio)
+  return maps.reshape(-1, 2, 2, 2, 2).sum(axis=(2, 4)).reshape(-1, 4).argmax(axis=1)
+
+
+def forward_fn(loc):
+  if not os.environ.get("TRAIN_MODE"):
+    return train.make_predict_fn(loc.graphdef, outputs="all")
+
+  def forward(params, batch_stats, image, spectrogram):
+    model = nnx.merge(loc.graphdef, params, batch_stats)
+    model.train()
+    return model(jnp.asarray(image), jnp.asarray(spectrogram))
+  return forward
+
+
+def main(workdirs):
+  for workdir in workdirs:
+    loc = soundloc_jax.load(workdir)
+    cfg = loc.config
+    method = methods.get(cfg.method.name)
+    name, data_dir = train.prepare_data(cfg)
+    source = input_pipeline.open_source(name, "train", data_dir)
+    table = neighbours.from_config(cfg.method, source, cfg.seed)
+    it, _ = input_pipeline.train_iterator(source, global_batch=64, seed=123, start_step=0,
+                                          num_steps=8, image_size=cfg.dataset.image_size,
+                                          augment=False, neighbours=table)
+    forward = forward_fn(loc)
+    pos_all, neg_all, hits, cos_aa, cos_other = [], [], [], [], []
+    for batch in it:
+      b = batch["image"].shape[0]
+      out = forward(loc.params, loc.batch_stats, *train.model_inputs(batch, method))
+      v = np.asarray(out["visual_features"], np.float32)
+      v = v.reshape((b, 2) + v.shape[1:])
+      a = np.asarray(out["audio_embedding"], np.float32).reshape(b, 2, -1)
+      pos_all.append(np.asarray(hardpos_losses.positive_responses(jnp.asarray(v), jnp.asarray(a))))
+      neg = hardpos_losses.negative_scores(jnp.asarray(v), jnp.asarray(a), pooling="masked")
+      neg_all.append(np.asarray(neg)[batch["negative_mask"]])
+      base = [source[int(i)] for i in batch["index"]]
+      labels = np.asarray([int(ex["label"]) for ex in base])
+      sounding = np.asarray([int(np.argmax(np.asarray(ex["present"]) == int(ex["label"])))
+                             for ex in base])
+      neighbour_labels = np.asarray([int(source[int(j)]["label"])
+                                     for j in batch["neighbour_index"][:, 0]])
+      hits.append(np.stack([peak_cells(a[:, 0], v[:, 0]) == sounding,
+                            peak_cells(a[:, 1], v[:, 0]) == sounding,
+                            neighbour_labels == labels], axis=1))
+      cos_aa.append(np.sum(a[:, 0] * a[:, 1], axis=1))
+      # Base audio against the other rows' base audio (mostly other classes).
+      gram = a[:, 0] @ a[:, 0].T
+      cos_other.append(gram[~np.eye(b, dtype=bool)].mean())
+    pos, neg, hits = np.concatenate(pos_all), np.concatenate(neg_all), np.concatenate(hits)
+    print(f"== {workdir} (method.positives={cfg.method.get('positives', 'bavc')})")
+    print("  mean P_b %.3f P_a %.3f P_v %.3f P_c %.3f | negatives %.3f" % (*pos.mean(0), neg.mean()))
+    print("  rows with P_a > P_b: %.2f; P_v > P_b: %.2f"
+          % ((pos[:, 1] > pos[:, 0]).mean(), (pos[:, 2] > pos[:, 0]).mean()))
+    print("  peak on sounding cell: base audio %.2f, audio neighbour %.2f (chance ~0.25-0.5); "
+          "neighbour same class %.2f" % tuple(hits.mean(0)))
+    print("  cos(A_i, A_j) %.3f vs cos(A_i, other rows' audio) %.3f"
+          % (np.mean(np.concatenate(cos_aa)), np.mean(cos_other)))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -156,7 +156,8 @@ def _cases(c):
 
 
 CASES = ["unknown config key", "ill-typed config value (int)", "ill-typed config value (bool)",
-         "unknown config value", "bad method value (HardPos positives)", "unknown preset", "missing config file", "dataset not built",
+         "unknown config value", "bad method value (HardPos positives)", "unknown preset",
+         "missing config file", "dataset not built",
          "workdir holds a different config", "checkpoint of another model (--mode=eval)",
          "missing image", "corrupt image", "huge image (over 50 MP)",
          "grayscale image (converted)", "CMYK image (converted)", "palette image (converted)",
