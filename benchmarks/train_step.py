@@ -209,10 +209,17 @@ def bench_jax(args, config):
 def _torch_loss(torch, method_config):
   """`(v [B,d,h,w], a [B,d]) -> loss` of the config's family in torch, the
   same function as ours (`tests/benchmarks_test.py` compares them where torch
-  is installed): `lvs_losses.lvs_loss` for "lvs"/"lvs_vanilla", ICL's Eq. 3
-  (pooled InfoNCE, `losses`) for everything else."""
+  is installed): `lvs_losses.lvs_loss` for "lvs"/"lvs_vanilla",
+  `ezvsl_losses.ezvsl_loss` for "ezvsl", ICL's Eq. 3 (pooled InfoNCE,
+  `losses`) for everything else."""
   F = torch.nn.functional
   name = method_config.name
+  if name == "ezvsl":
+    def ezvsl(v, a):
+      logits = torch.einsum("ndhw,kd->nkhw", v, a).amax(dim=(2, 3)) / method_config.temperature
+      labels = torch.arange(v.shape[0], device=v.device)
+      return F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)
+    return ezvsl, "EZ-VSL"
   if name not in ("lvs", "lvs_vanilla"):
     def eq3(v, a):
       logits = v.mean(dim=(2, 3)) @ a.T / method_config.get("tau", 0.07)

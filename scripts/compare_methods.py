@@ -45,6 +45,7 @@ METHODS = {
     "hardpos": ("configs/hard_positive.py", "lvs_vanilla", "HardPos (mined from Vanilla-LVS)",
                 MASKED),
     "random_hp": ("configs/hard_positive.py:,neighbours=random", None, "Random HP", MASKED),
+    "ezvsl": ("configs/ezvsl.py", None, "EZ-VSL (max over patches, both directions)", ()),
     "icl_initial": ("configs/iterative.py:,ablation=initial", None, "ICL initial (Eq. 3 only)", ()),
     "icl_itr": ("configs/iterative.py:,ablation=itr", None, "ICL +itr", ()),
     "icl_itr_intra": ("configs/iterative.py:,ablation=itr_intra", None, "ICL +itr +intra", ()),
@@ -120,14 +121,17 @@ def collect(args) -> str:
   header = ("| method | seeds | cIoU@0.5 mean (min..max) | cIoU 95% CI (mean of seeds) "
             "| AUC mean (min..max) | LVS-median cIoU | LVS-median AUC |")
   rows = [header, "|" + "---|" * 7]
-  sizes = set()
+  sizes, epochs = set(), set()
   for method in args.methods:
     found = []
     for seed in args.seeds:
-      path = test_metrics_path(workdir_of(args.out, method, seed))
+      workdir = workdir_of(args.out, method, seed)
+      path = test_metrics_path(workdir)
       if os.path.exists(path):
         with open(path) as f:
           found.append(json.load(f))
+        with open(os.path.join(workdir, "config.json")) as f:  # what the run used
+          epochs.add(json.load(f)["num_epochs"])
     if not found:
       rows.append(f"| {METHODS[method][2]} | 0 | not run | | | | |")
       continue
@@ -137,7 +141,7 @@ def collect(args) -> str:
           f"{statistics.fmean(get('ciou_ci95_hi')):.3f}]")
     rows.append(f"| {METHODS[method][2]} | {len(found)} | {_fmt(get('ciou'))} | {ci} | "
                 f"{_fmt(get('auc'))} | {_fmt(get('ciou_median'))} | {_fmt(get('auc_median'))} |")
-  note = (f"\n{args.epochs} epochs per run, seeds {args.seeds}, test split of the demo "
+  note = (f"\n{', '.join(map(str, sorted(epochs))) or '?'} epochs per run, seeds {args.seeds}, test split of the demo "
           f"(n={', '.join(map(str, sorted(sizes))) or '?'}); extra flags: {args.extra or 'none'}.\n")
   return "\n".join(rows) + "\n" + note
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from soundloc_jax import hardpos_losses, losses, lvs_losses
+from soundloc_jax import ezvsl_losses, hardpos_losses, losses, lvs_losses
 from soundloc_jax.errors import ConfigError
 
 
@@ -109,6 +109,16 @@ register(Method("lvs", _make_lvs_loss(trimap=True, hard_negative=True),
                 check_config=_check_negative_pooling))
 register(Method("lvs_vanilla", _make_lvs_loss(trimap=False, hard_negative=False),
                 check_config=_check_negative_pooling))
+
+
+# EZ-VSL (soundloc_jax.ezvsl_losses): max over patches, InfoNCE both ways.
+def _ezvsl_loss(outputs, teacher_outputs, batch, cfg, rng):
+  del teacher_outputs, batch, rng
+  return ezvsl_losses.ezvsl_loss(outputs["visual_features"], outputs["audio_embedding"],
+                                 temperature=cfg.temperature)
+
+
+register(Method("ezvsl", _ezvsl_loss))
 
 
 # HardPos (soundloc_jax.hardpos_losses): batches carry one audio and one visual

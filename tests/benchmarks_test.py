@@ -48,7 +48,8 @@ def test_step_benchmark_times_the_requested_step(bench, capsys):
 
 @pytest.mark.parametrize("config_arg,pooling", [
     ("configs/lvs.py", "mean"), ("configs/lvs.py", "masked"),
-    ("configs/lvs.py:,variant=vanilla", "masked"), ("configs/iterative.py", None)])
+    ("configs/lvs.py:,variant=vanilla", "masked"), ("configs/iterative.py", None),
+    ("configs/ezvsl.py", None)])
 def test_torch_peer_computes_our_loss(bench, config_arg, pooling):
   """The `--torch` peer's loss equals ours on the same features, so the speed
   ratio compares the same work. Runs where torch is installed (the GPU

@@ -279,7 +279,7 @@ def test_music_synthetic_grids_use_the_1s_front_end(built):
     ("iterative", "flickr_10k"), ("iterative", "flickr_20k"), ("iterative", "music_synthetic"),
     ("iterative", "flickr_10k,ablation=itr_intra"),
     ("hard_positive", "vggsound_144k,neighbours=random"), ("hard_positive", "flickr_144k"),
-    ("lvs", "vggsound_144k,variant=vanilla"), ("lvs", "flickr_144k")])
+    ("lvs", "vggsound_144k,variant=vanilla"), ("lvs", "flickr_144k"), ("ezvsl", "flickr_144k")])
 def test_presets_match_their_builders_and_fail_clearly_without_data(tmp_path, method, arg):
   from configs import datasets
   from soundloc_jax import audio, train

@@ -1,5 +1,6 @@
 """The trainer on the demo data: teacher semantics, resume, learning, errors."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -295,10 +296,10 @@ def test_bfloat16_training_stays_finite_and_near_float32(demo_data_dir, tmp_path
   assert not np.array_equal(losses["bfloat16"], losses["float32"])  # bf16 really was used
 
 
-@pytest.mark.parametrize("variant", ["full", "vanilla"])
-def test_lvs_baselines_train_through_the_same_loop(demo_data_dir, tmp_path, variant):
-  from configs import lvs
-  c = lvs.get_config(f"variant={variant}")
+@pytest.mark.parametrize("config_file,arg", [("lvs", "variant=full"), ("lvs", "variant=vanilla"),
+                                             ("ezvsl", "")])
+def test_baselines_train_through_the_same_loop(demo_data_dir, tmp_path, config_file, arg):
+  c = importlib.import_module(f"configs.{config_file}").get_config(arg)
   c.dataset.data_dir = demo_data_dir
   c.model.width, c.batch_size, c.max_steps, c.eval.batch_size = 4, 32, 3, 64
   result = train.train_and_evaluate(c, str(tmp_path))
