@@ -93,6 +93,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # `python -m soundloc_jax.tools.import_torchvision_resnet18` (ImageNet
   # ResNet-18 in the papers; needs model.width = its width, 64). "" = random.
   c.model.init_visual = ""
+  # Start BOTH streams (weights and BatchNorm statistics) from the latest
+  # checkpoint of this training workdir, e.g. HardPos from the Vanilla-LVS run
+  # it mined with; optimizer, step and epoch start fresh. Its model and audio
+  # settings must equal this run's. "" = random (or init_visual).
+  c.model.init_from = ""
 
   c.method = ml_collections.ConfigDict()
   c.method.name = "contrastive"

@@ -94,16 +94,23 @@ def create_train_state(config, optimizer, pretrained: bool = True):
   """(graphdef, state) for a fresh run; the teacher starts as a copy of the student.
 
   With `config.model.init_visual` set (and `pretrained`), the visual stream
-  starts from that directory's ResNet-18 (`tools.resnet_weights`); a caller
-  that restores a checkpoint right after may pass `pretrained=False`, so the
-  directory need not exist any more."""
+  starts from that directory's ResNet-18 (`tools.resnet_weights`); with
+  `config.model.init_from`, both streams start from that workdir's latest
+  checkpoint (`init_from_workdir`). A caller that restores a checkpoint right
+  after may pass `pretrained=False`, so neither need exist any more."""
   model = av_model.build_model(config.model, seed=config.seed)
   init_visual = config.model.get("init_visual", "")
+  init_from = config.model.get("init_from", "")
+  if init_visual and init_from:
+    raise ConfigError("config.model.init_visual and config.model.init_from are both set; "
+                      "init_from already holds the visual stream's weights: set one")
   if init_visual and pretrained:
     from soundloc_jax.tools import resnet_weights
     resnet_weights.load_dir(model.visual, init_visual)
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   params, batch_stats = nnx.as_pure(params), nnx.as_pure(batch_stats)
+  if init_from and pretrained:
+    params, batch_stats = init_from_workdir(config, init_from)
   state = {
       "step": jnp.zeros((), jnp.int32),
       "params": params,
@@ -118,6 +125,33 @@ def create_train_state(config, optimizer, pretrained: bool = True):
       "skipped_steps": jnp.zeros((), jnp.int32),
   }
   return graphdef, state
+
+
+# Model fields that may differ between a run and the workdir it starts from
+# (they do not change the shapes or the meaning of the weights).
+_INIT_FROM_FREE = ("compute_dtype", "init_visual", "init_from")
+
+
+def init_from_workdir(config, workdir: str):
+  """`(params, batch_stats)` of the student in `workdir`'s latest checkpoint,
+  for a fresh run of `config`; a ConfigError names what differs when that
+  run's model or audio front end is not this one's."""
+  from soundloc_jax import audio, inference
+  source = inference.read_config(os.path.abspath(os.path.expanduser(workdir)))
+  ours, theirs = config.model.to_dict(), source.model.to_dict()
+  differ = sorted(k for k in set(ours) | set(theirs)
+                  if k not in _INIT_FROM_FREE and ours.get(k) != theirs.get(k))
+  differ = [f"model.{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ]
+  if audio.params_dict(source.audio) != audio.params_dict(config.audio):
+    differ.append(f"audio: {audio.params_dict(source.audio)} there, "
+                  f"{audio.params_dict(config.audio)} here")
+  if differ:
+    raise ConfigError(f"config.model.init_from={workdir!r} was trained with another model: "
+                      + "; ".join(differ))
+  loaded = inference.load(workdir)
+  print(f"Starting from the weights of {loaded.workdir} (checkpoint step {loaded.step})",
+        flush=True)
+  return loaded.params, loaded.batch_stats
 
 
 def refresh_teacher(state):
@@ -424,7 +458,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                     max_to_keep=config.checkpoint.max_to_keep)
   latest = ckpt.latest_step()
   # A resumed run restores every weight, so it does not need (or read) the
-  # model.init_visual folder again.
+  # model.init_visual folder or the model.init_from workdir again.
   graphdef, state = create_train_state(config, optimizer, pretrained=latest is None)
   replicated = NamedSharding(mesh, P())
   state = jax.device_put(state, replicated)
@@ -432,7 +466,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   write_run_info(workdir, config, dataset_fingerprint(name, data_dir))
   if latest is not None:
     state, meta, latest = restore_latest_readable(ckpt, config, state)
-    if latest is None and config.model.get("init_visual"):  # a fresh start after all
+    if latest is None and (config.model.get("init_visual")
+                           or config.model.get("init_from")):  # a fresh start after all
       state = jax.device_put(create_train_state(config, optimizer)[1], replicated)
     if latest is not None:
       print(f"Resuming from checkpoint step {latest} (epoch {meta.get('epoch')}) in {workdir}",

@@ -128,6 +128,9 @@ def _cases(c):
                                    "flickr_soundnet", p("empty_data")),
       "workdir holds a different config": refused(main("--config.method.tau=0.2", workdir=w),
                                                   w, "method.tau"),
+      "init_from a run of another model": refused(
+          main(f"--config.model.init_from={p('wider')}"), "config.model.init_from", p("wider"),
+          "model.width: 8 there, 4 here"),
       "checkpoint of another model (--mode=eval)": refused(
           main("--config.model.width=8", "--mode=eval", workdir=w),
           os.path.join(w, "checkpoints"), "model.width=4", "model.width=8"),
@@ -158,7 +161,8 @@ def _cases(c):
 CASES = ["unknown config key", "ill-typed config value (int)", "ill-typed config value (bool)",
          "unknown config value", "bad method value (HardPos positives)", "unknown preset",
          "missing config file", "dataset not built",
-         "workdir holds a different config", "checkpoint of another model (--mode=eval)",
+         "workdir holds a different config", "init_from a run of another model",
+         "checkpoint of another model (--mode=eval)",
          "missing image", "corrupt image", "huge image (over 50 MP)",
          "grayscale image (converted)", "CMYK image (converted)", "palette image (converted)",
          "zero-length audio", "empty audio file", "text as audio", "unsupported audio extension",

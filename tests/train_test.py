@@ -307,3 +307,48 @@ def test_baselines_train_through_the_same_loop(demo_data_dir, tmp_path, config_f
   with open(tmp_path / "metrics.jsonl") as f:
     losses_seen = [json.loads(line)["loss"] for line in f]
   assert losses_seen and all(np.isfinite(losses_seen))
+
+
+def test_init_from_starts_both_streams_from_another_run(demo_data_dir, tmp_path):
+  """model.init_from: weights and BatchNorm statistics of another run's latest
+  checkpoint (e.g. the baseline HardPos mined with), fresh optimizer and step;
+  other model settings are an error naming the field; a resumed run no longer
+  needs the source."""
+  import shutil
+
+  import soundloc_jax
+  from soundloc_jax.errors import ConfigError
+  from soundloc_jax.inference import WorkdirError
+  source = str(tmp_path / "source")
+  train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=2), source)
+  trained = soundloc_jax.load(source)
+  config = tiny_config(demo_data_dir, max_steps=2, **{"model.init_from": source})
+  _, state = train.create_train_state(config, train.make_optimizer(config))
+  _, fresh = train.create_train_state(tiny_config(demo_data_dir), train.make_optimizer(config))
+  for key, want in (("params", trained.params), ("batch_stats", trained.batch_stats),
+                    ("teacher_params", trained.params)):
+    jax.tree.map(np.testing.assert_array_equal, state[key], want)
+  assert int(state["step"]) == 0
+  jax.tree.map(np.testing.assert_array_equal, state["opt_state"], fresh["opt_state"])
+  assert not np.array_equal(state["params"]["audio"]["conv1"]["kernel"],
+                            fresh["params"]["audio"]["conv1"]["kernel"])
+
+  other = tiny_config(demo_data_dir, **{"model.init_from": source, "model.width": 6})
+  with pytest.raises(ConfigError, match=r"init_from=.*source.*model\.width: 4 there, 6 here"):
+    train.create_train_state(other, train.make_optimizer(other))
+  other = tiny_config(demo_data_dir, **{"model.init_from": source, "audio.n_mels": 32})
+  with pytest.raises(ConfigError, match=r"init_from=.*audio: .*'n_mels': 64.* there"):
+    train.create_train_state(other, train.make_optimizer(other))
+  other = tiny_config(demo_data_dir, **{"model.init_from": source, "model.init_visual": source})
+  with pytest.raises(ConfigError, match="init_visual and config.model.init_from are both set"):
+    train.create_train_state(other, train.make_optimizer(other))
+  other = tiny_config(demo_data_dir, **{"model.init_from": str(tmp_path / "nowhere")})
+  with pytest.raises(WorkdirError, match="nowhere.*config.json not found"):
+    train.create_train_state(other, train.make_optimizer(other))
+
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  shutil.rmtree(source)
+  config.max_steps = 4  # resumable key: the same run goes on without the source
+  train.train_and_evaluate(config, workdir)
+  assert soundloc_jax.load(workdir).step == 4
