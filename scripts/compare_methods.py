@@ -3,6 +3,7 @@
   python scripts/compare_methods.py --out=/tmp/compare              # all rows, seeds 0,1,2
   python scripts/compare_methods.py --out=DIR --methods=lvs_vanilla,hardpos --seeds=0
   python scripts/compare_methods.py --out=DIR --table_only          # re-print from finished runs
+  python scripts/compare_methods.py --out=DIR --rescore             # score them again, re-print
 
 Each (method, seed) trains with `python -m soundloc_jax.main` in
 `OUT/<method>/seed<S>` for `--epochs` epochs with `--config.seed=S` and
@@ -16,7 +17,10 @@ run again, and an interrupted one resumes, so rerunning the same command
 finishes the table. The table reports, per method, the mean and the spread
 (min..max over seeds) of the test cIoU@0.5 and AUC of the demo's headline
 protocol (fixed threshold, `configs/default.py`), the mean of the per-seed
-95% bootstrap intervals of cIoU, and the median-protocol (LVS) numbers.
+95% bootstrap intervals of cIoU, the median-protocol (LVS) numbers and the
+pointing-game hit rate (`evaluation.pointing_hits`: the map's peak on the
+sounding digit's box). `--rescore` scores finished runs again with the
+current evaluator.
 It is written to `OUT/results.md` and printed.
 """
 
@@ -64,6 +68,9 @@ def parse_args(argv=None):
   p.add_argument("--extra", action="append", default=[],
                  help="extra --config.x=y flag for every run (repeatable)")
   p.add_argument("--table_only", action="store_true", help="only collect finished runs")
+  p.add_argument("--rescore", action="store_true",
+                 help="score every finished run's final checkpoint on the test split again "
+                      "(after the evaluator gained a metric), then print the table")
   args = p.parse_args(argv)
   args.methods = [m for m in args.methods.split(",") if m]
   unknown = sorted(set(args.methods) - set(METHODS))
@@ -110,6 +117,16 @@ def train_one(args, method: str, seed: int) -> None:
   _run([sys.executable, "-m", "soundloc_jax.main", *flags], os.path.join(workdir, "train.log"))
 
 
+def rescore(args) -> None:
+  """`--mode=eval` of each finished run, in this process, with its own config."""
+  from soundloc_jax import inference, train
+  for method in args.methods:
+    for seed in args.seeds:
+      workdir = workdir_of(args.out, method, seed)
+      if os.path.exists(test_metrics_path(workdir)):
+        train.evaluate_checkpoint(inference.read_config(workdir), workdir)
+
+
 def _fmt(values: list[float]) -> str:
   mean = statistics.fmean(values)
   if len(values) == 1:
@@ -119,8 +136,8 @@ def _fmt(values: list[float]) -> str:
 
 def collect(args) -> str:
   header = ("| method | seeds | cIoU@0.5 mean (min..max) | cIoU 95% CI (mean of seeds) "
-            "| AUC mean (min..max) | LVS-median cIoU | LVS-median AUC |")
-  rows = [header, "|" + "---|" * 7]
+            "| AUC mean (min..max) | LVS-median cIoU | LVS-median AUC | pointing |")
+  rows = [header, "|" + "---|" * 8]
   sizes, epochs = set(), set()
   for method in args.methods:
     found = []
@@ -133,14 +150,15 @@ def collect(args) -> str:
         with open(os.path.join(workdir, "config.json")) as f:  # what the run used
           epochs.add(json.load(f)["num_epochs"])
     if not found:
-      rows.append(f"| {METHODS[method][2]} | 0 | not run | | | | |")
+      rows.append(f"| {METHODS[method][2]} | 0 | not run | | | | | |")
       continue
     sizes.update(m["n"] for m in found)
     get = lambda key: [m[key] for m in found]  # noqa: E731
     ci = (f"[{statistics.fmean(get('ciou_ci95_lo')):.3f}, "
           f"{statistics.fmean(get('ciou_ci95_hi')):.3f}]")
     rows.append(f"| {METHODS[method][2]} | {len(found)} | {_fmt(get('ciou'))} | {ci} | "
-                f"{_fmt(get('auc'))} | {_fmt(get('ciou_median'))} | {_fmt(get('auc_median'))} |")
+                f"{_fmt(get('auc'))} | {_fmt(get('ciou_median'))} | {_fmt(get('auc_median'))} | "
+                f"{_fmt(get('pointing')) if all('pointing' in m for m in found) else 'n/a'} |")
   note = (f"\n{', '.join(map(str, sorted(epochs))) or '?'} epochs per run, seeds {args.seeds}, test split of the demo "
           f"(n={', '.join(map(str, sorted(sizes))) or '?'}); extra flags: {args.extra or 'none'}.\n")
   return "\n".join(rows) + "\n" + note
@@ -149,7 +167,9 @@ def collect(args) -> str:
 def main(argv=None):
   args = parse_args(argv)
   os.makedirs(args.out, exist_ok=True)
-  if not args.table_only:
+  if args.rescore:
+    rescore(args)
+  elif not args.table_only:
     for seed in args.seeds:
       for method in args.methods:
         train_one(args, method, seed)

@@ -7,7 +7,8 @@ Interface (what the trainer and `--mode=eval` use):
   (`[B, h, w]` raw maps, one device batch at a time), scores every sample with
   the official protocol (`soundloc_jax.evaluation`) and returns an
   `EvalResult`: `metrics` (a flat dict of floats, e.g. `ciou`, `auc`,
-  `ciou_median`, plus bootstrap intervals), and the per-sample arrays
+  `ciou_median`, plus bootstrap intervals, and `pointing`, the pointing-game
+  hit rate of `evaluation.pointing_hits`), and the per-sample arrays
   (`ids`, `cious`, `responses`) for reports and overlays. `result.items()`
   yields `(name, value)` pairs, big_vision style, for logging.
 
@@ -58,7 +59,7 @@ class EvalResult:
     if self.localized:
       parts.append(f"cIoU@{success_threshold:g} {m['ciou']:.3f} [{m['ciou_ci95_lo']:.3f}, "
                    f"{m['ciou_ci95_hi']:.3f}] AUC {m['auc']:.3f} | median protocol cIoU {m['ciou_median']:.3f} "
-                   f"AUC {m['auc_median']:.3f}")
+                   f"AUC {m['auc_median']:.3f} | pointing {m['pointing']:.3f}")
     if self.ranks is not None:
       parts.append(f"retrieval R@1 {m['r1']:.3f} R@5 {m['r5']:.3f} (chance {m['r1_chance']:.3f}"
                    f" / {m['r5_chance']:.3f})")
@@ -193,7 +194,10 @@ class SplitEvaluator:
     metrics.update({"ciou": summary["ciou"], "auc": summary["auc"],
                     "ciou_ci95_lo": summary["ciou_ci95"][0],
                     "ciou_ci95_hi": summary["ciou_ci95"][1],
-                    "ciou_median": median["ciou"], "auc_median": median["auc"], "n": len(ids)})
+                    "ciou_median": median["ciou"], "auc_median": median["auc"],
+                    "pointing": float(np.mean(evaluation.pointing_hits(responses, gt_maps,
+                                                                       size=ev.size))),
+                    "n": len(ids)})
     return EvalResult(self.name, metrics, ids, np.asarray(cious), responses, gt_maps, summary,
                       ranks)
 

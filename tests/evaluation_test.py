@@ -358,6 +358,46 @@ def test_bootstrap_ci_contains_estimate_and_is_deterministic():
 # ---------------------------------------------------------------------------
 
 
+def test_pointing_hits_against_a_loop_reference():
+  """Same size (resize is the identity): the hit is read off the raw map with
+  plain loops; first maximum in row-major order on ties."""
+  rng = np.random.default_rng(3)
+  responses = rng.integers(0, 4, size=(40, 6, 6)).astype(np.float32)  # many ties
+  gt = (rng.random((40, 6, 6)) < 0.3).astype(np.float32) * rng.uniform(0.1, 1, (40, 6, 6))
+  want = []
+  for r, g in zip(responses, gt):
+    best, where = -math.inf, None
+    for y in range(6):
+      for x in range(6):
+        if r[y, x] > best:
+          best, where = r[y, x], (y, x)
+    want.append(1.0 if g[where] > 0 else 0.0)
+  got = ev.pointing_hits(responses, gt, block_size=7)  # blocks do not matter
+  np.testing.assert_array_equal(got, want)
+  assert 0 < got.mean() < 1
+
+
+def test_pointing_hits_upsampled_peak_stays_in_its_patch():
+  """A 4x4 map with one hot patch, resized to 64: the peak lies in that
+  patch's 16x16 square, so a box on the square is hit and the other squares
+  are not, however peaky or broad the rest of the map."""
+  hot = [(0, 0), (1, 2), (3, 3), (2, 1)]
+  responses = np.full((4, 4, 4), 0.2, np.float32)
+  for i, (y, x) in enumerate(hot):
+    responses[i, y, x] = 1.0
+  responses[1] += np.linspace(0, 0.5, 16, dtype=np.float32).reshape(4, 4)  # a broad ramp
+  responses[1, 1, 2] = 2.0
+  on_patch = np.zeros((4, 64, 64), np.float32)
+  elsewhere = np.zeros((4, 64, 64), np.float32)
+  for i, (y, x) in enumerate(hot):
+    on_patch[i, 16 * y:16 * (y + 1), 16 * x:16 * (x + 1)] = 1
+    elsewhere[i, 16 * ((y + 2) % 4):16 * ((y + 2) % 4 + 1), :] = 1
+  np.testing.assert_array_equal(ev.pointing_hits(responses, on_patch), np.ones(4))
+  np.testing.assert_array_equal(ev.pointing_hits(responses, elsewhere), np.zeros(4))
+  with pytest.raises(ValueError, match="3 response maps but 4 gt maps"):
+    ev.pointing_hits(responses[:3], on_patch)
+
+
 def test_evaluate_maps_known_cases():
   gt = _box_map(16, 4, 12, 2, 10)
   responses = np.stack([gt, -gt, np.full((16, 16), 0.2, np.float32),
