@@ -7,9 +7,17 @@ baseline of issue 6: multiple-instance contrastive learning (max over patches).
             (configs/datasets.py), the training sets EZ-VSL also reports.
 
 Values (the loss rules are in `soundloc_jax/ezvsl_losses.py`):
-  temperature = 0.03   the sharp temperature EZ-VSL trains with.
-Not reproduced: EZ-VSL's object-guided localization at inference and its
-multi-modal feature dropout (heatmaps are the plain cosine map).
+  temperature = 0.03        EZ-VSL's training temperature.
+  model.audio_pool = "max"  EZ-VSL's audio ResNet-18 max-pools its last map.
+  model.layer4_stride = 2   real-data presets only: EZ-VSL's visual map is
+                            the plain ResNet-18's 7x7 at 224 (LVS, HardPos
+                            and ICL keep layer4 at stride 1: 14x14); the
+                            demo keeps its 4x4 map (stride 2 would leave 2x2,
+                            one patch per cell).
+Not reproduced: EZ-VSL's projection heads (a 1x1 convolution and a linear
+layer to 512 dims after the trunks), its object-guided localization at
+inference and its multi-modal feature dropout (heatmaps are the plain cosine
+map of the trunks' features).
 """
 
 import ml_collections
@@ -26,4 +34,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method = ml_collections.ConfigDict()
   c.method.name = "ezvsl"
   c.method.temperature = 0.03
-  return datasets.apply_preset(c, preset)
+  c.model.audio_pool = "max"
+  c = datasets.apply_preset(c, preset)
+  if preset:
+    c.model.layer4_stride = 2
+  return c

@@ -97,3 +97,12 @@ def test_registry_reads_the_method_config():
   np.testing.assert_allclose(float(loss), ref_ezvsl(V, a, 0.1), rtol=RTOL, atol=ATOL)
   with pytest.raises(ValueError, match="unknown option"):
     ezvsl_config.get_config(",variant=full")
+
+
+def test_config_follows_ezvsl_architecture():
+  """Max-pooled audio everywhere; the plain ResNet-18's 7x7 visual map
+  (layer4 stride 2) on the real-data presets, the demo's 4x4 map on the demo."""
+  demo, real = ezvsl_config.get_config(""), ezvsl_config.get_config("vggsound_144k")
+  assert demo.model.audio_pool == real.model.audio_pool == "max"
+  assert (demo.model.layer4_stride, real.model.layer4_stride) == (1, 2)
+  assert real.dataset.name == "vggsound/144k"
