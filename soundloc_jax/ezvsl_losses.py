@@ -15,12 +15,10 @@ Rules:
   pair as the positive and every other sample of the batch as a negative
   (no exclusion set): image i against all audios (row i of S / T) and audio
   j against all images (column j). The loss is the SUM of the two
-  directions' batch means (our choice where a description could also mean
-  their average; the factor 2 leaves Adam's update unchanged up to its
-  epsilon, and interacts only with a `grad_clip_norm`, off by default).
+  directions' batch means, as EZ-VSL's released training code computes it
+  (not their average).
 * `temperature` is a config value (configs/ezvsl.py, default 0.03, the
-  sharp temperature EZ-VSL trains with; not verified against a paper copy
-  here, so it is a config value like every other).
+  default of EZ-VSL's released training code).
 * Not here: EZ-VSL's object-guided localization (the inference-time mix of
   the audio-visual map with an ImageNet objectness prior) and its
   multi-modal feature dropout; our heatmap is the plain cosine map, as for
