@@ -1,0 +1,47 @@
+"""One diagnostic run of the README's "Which term stops HardPos": HardPos with
+positives P_b and P_a on the demo, where P_a's logit is stop-gradiented. It
+still enters the log-sum-exp over the positives, so its only effect is to
+take part of P_b's weight; no gradient flows through it.
+
+  python scripts/hardpos_detached_pa.py WORKDIR NEIGHBOURS.npz [SEED] [EPOCHS]
+
+Same settings as the table's other rows (masked negatives, `positives="ba"`,
+seed 0 and 6 epochs by default). It swaps `hardpos_losses.positive_responses`
+for the duration of the run; this is not a config option of the library.
+"""
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from configs import hard_positive
+from soundloc_jax import hardpos_losses, train
+
+_positive_responses = hardpos_losses.positive_responses
+DETACHED = jnp.asarray([False, True, False, False])  # column P_a of (P_b, P_a, P_v, P_c)
+
+
+def _detached_pa(visual_features, audio_embedding, **kwargs):
+  responses = _positive_responses(visual_features, audio_embedding, **kwargs)
+  return jnp.where(DETACHED, jax.lax.stop_gradient(responses), responses)
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise SystemExit(__doc__)
+  workdir, neighbours = argv[0], argv[1]
+  config = hard_positive.get_config("")
+  config.seed = int(argv[2]) if len(argv) > 2 else 0
+  config.num_epochs = int(argv[3]) if len(argv) > 3 else 6
+  config.method.negative_pooling = "masked"
+  config.method.neighbours_path = neighbours
+  config.method.positives = "ba"
+  hardpos_losses.positive_responses = _detached_pa
+  try:
+    train.train_and_evaluate(config, workdir)
+  finally:
+    hardpos_losses.positive_responses = _positive_responses
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
