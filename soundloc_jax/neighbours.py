@@ -18,6 +18,7 @@ K. `from_config` builds the table a HardPos config asks for.
 
 from __future__ import annotations
 
+import abc
 import functools
 import os
 import sys
@@ -32,18 +33,20 @@ MINE_COMMAND = "python -m soundloc_jax.mine --workdir=BASELINE_WORKDIR"
 CHECKED_POSITIONS = 64  # ids compared at start-up (every read example is checked too)
 
 
-class NeighbourTable:
-  """Positions of each example's neighbours; subclasses fill `audio` / `visual`."""
+class NeighbourTable(abc.ABC):
+  """Positions of each example's neighbours; subclasses define `audio` / `visual`."""
 
   num_examples: int
   num_neighbours: int
   source_path: str = ""
 
+  @abc.abstractmethod
   def audio(self, index: int) -> np.ndarray:
-    raise NotImplementedError
+    """Positions of the K audio neighbours of `index` (a mined table: most similar first)."""
 
+  @abc.abstractmethod
   def visual(self, index: int) -> np.ndarray:
-    raise NotImplementedError
+    """Positions of the K visual neighbours of `index` (a mined table: most similar first)."""
 
   def expected_id(self, index: int) -> bytes | None:
     """The id the split must hold at `index` (None: not tied to ids)."""

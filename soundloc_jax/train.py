@@ -21,6 +21,7 @@ is a pure function of the step the resumed run equals an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -602,10 +603,9 @@ def restore_latest_readable(ckpt, config, abstract_state):
       aside, n = f"{src}.corrupt", 1
       while os.path.exists(aside):
         aside, n = f"{src}.corrupt{n}", n + 1
-      try:
+      # FileNotFoundError: another process of a multi-host run moved it already.
+      with contextlib.suppress(FileNotFoundError):
         os.rename(src, aside)
-      except FileNotFoundError:  # another process of a multi-host run moved it
-        pass
       print(f"warning: {e}; moved it to {aside} and trying the previous checkpoint",
             file=sys.stderr, flush=True)
       ckpt.reload()
