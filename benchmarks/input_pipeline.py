@@ -51,7 +51,7 @@ def photos() -> list[np.ndarray]:
 
 def storage() -> dict:
   from PIL import Image
-  from configs.default import LVS_AUDIO
+  from soundloc_jax.configs.default import LVS_AUDIO
   from soundloc_jax import audio, builder_lib
   out = {"benchmark": "storage"}
   raw_b, jpeg_b, raw_t, jpeg_t = [], [], [], []
@@ -110,7 +110,7 @@ def main() -> None:
   print(json.dumps(storage()), flush=True)
 
   import tensorflow_datasets as tfds
-  from data_builders.folder import folder_dataset_builder
+  from soundloc_jax.data_builders.folder import folder_dataset_builder
   from soundloc_jax import input_pipeline
   with tempfile.TemporaryDirectory() as tmp:
     manual, data = os.path.join(tmp, "m"), os.path.join(tmp, "d")

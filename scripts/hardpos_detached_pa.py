@@ -14,7 +14,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from configs import hard_positive
+from soundloc_jax.configs import hard_positive
 from soundloc_jax import hardpos_losses, train
 
 _positive_responses = hardpos_losses.positive_responses

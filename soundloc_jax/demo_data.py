@@ -38,7 +38,7 @@ def default_data_dir() -> str:
 
 def _builder_module():
   # Importing registers the `av_digits` builder with TFDS.
-  from data_builders.av_digits import av_digits_dataset_builder
+  from soundloc_jax.data_builders.av_digits import av_digits_dataset_builder
   return av_digits_dataset_builder
 
 

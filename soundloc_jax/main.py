@@ -2,21 +2,26 @@
 
 Flags: `--config` (an ml_collections config file, optionally `:PRESET`; any
 field can be overridden with `--config.a.b=value`; the config is locked, so
-a misspelt field is an error), `--workdir` (checkpoints, metrics, reports;
+a misspelt field is an error; a `configs/NAME.py` path that does not exist
+relative to the working directory names the packaged `soundloc_jax/configs/NAME.py`,
+so the same command works from a clone and after `pip install`), `--workdir` (checkpoints, metrics, reports;
 rerunning the same command resumes), `--mode` (`train`, the default, which
 also scores the test splits at the end; or `eval`, which scores the latest or
 `--checkpoint_step` checkpoint). Errors a user can fix (missing dataset,
 incompatible workdir, bad config value) are printed as one line, exit code 2.
 """
 
+import os
 import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (see configs/).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/iterative.py[:PRESET]; a configs/NAME.py that "
+    "does not exist here is read from the installed package (soundloc_jax/configs/).",
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (default) or evaluate.")
 _CHECKPOINT_STEP = flags.DEFINE_integer("checkpoint_step", None,
@@ -38,8 +43,30 @@ def _one_line(error: BaseException) -> str:
   return re.sub(r"^\w+(Error|Exception): ", "", lines[-1]) if lines else type(error).__name__
 
 
+def packaged_config_path(value: str) -> str:
+  """`--config`'s value with a `configs/NAME.py` that does not exist relative to
+  the working directory replaced by the packaged file (the clone's `configs`
+  is a link to the same folder); anything else is returned unchanged."""
+  path, colon, arg = value.partition(":")
+  if os.path.exists(path) or not path.startswith("configs/"):
+    return value
+  packaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), path)
+  return packaged + colon + arg if os.path.exists(packaged) else value
+
+
+def _with_packaged_config(argv):
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      argv[i] = "--config=" + packaged_config_path(arg[len("--config="):])
+    elif arg == "--config" and i + 1 < len(argv):
+      argv[i + 1] = packaged_config_path(argv[i + 1])
+  return argv
+
+
 def parse_flags(argv):
   """absl's flag parsing, with bad flags and config errors as one line, exit 2."""
+  argv = _with_packaged_config(argv)
   try:
     args = flags.FLAGS(argv)
     if _CONFIG.value is not None:

@@ -8,7 +8,9 @@ runs TFDS's own `tensorflow_datasets.scripts.cli.build.Args` through
 `tfds build` (see `--help`), with one difference: `--file_format` defaults
 to `array_record` (readable with `tfds.data_source` / grain, no TF needed).
 
-Usage (from the repository root, or anywhere once `pip install -e .`)::
+Usage (from the repository root, or from anywhere after `pip install`: a
+`data_builders/NAME` folder that does not exist relative to the working
+directory is the packaged `soundloc_jax/data_builders/NAME`)::
 
   # A dataset folder (TFDS layout: <name>/<name>_dataset_builder.py):
   python -m soundloc_jax.tfds_build data_builders/av_digits --data_dir=$HOME/tensorflow_datasets
@@ -17,7 +19,7 @@ Usage (from the repository root, or anywhere once `pip install -e .`)::
   python -m soundloc_jax.tfds_build data_builders/vggsound_ss \\
       --data_dir=D --manual_dir=M [--config=NAME] [--overwrite]
 
-  # A registered name: the project's builders (data_builders.*) are imported
+  # A registered name: the project's builders (soundloc_jax.data_builders.*) are imported
   # first, so `av_digits` works too; others need `--imports=module.path`.
   python -m soundloc_jax.tfds_build av_digits --data_dir=D
 
@@ -39,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging as python_logging
+import os
 import sys
 
 from absl import app
@@ -55,12 +58,12 @@ DEFAULT_FILE_FORMAT = "array_record"
 # Builder modules of this project, imported (registered) so that they can be
 # built by name as well as by folder.
 PROJECT_BUILDER_MODULES = (
-    "data_builders.av_digits.av_digits_dataset_builder",
-    "data_builders.flickr_soundnet.flickr_soundnet_dataset_builder",
-    "data_builders.folder.folder_dataset_builder",
-    "data_builders.music_synthetic.music_synthetic_dataset_builder",
-    "data_builders.vggsound.vggsound_dataset_builder",
-    "data_builders.vggss.vggss_dataset_builder",
+    "soundloc_jax.data_builders.av_digits.av_digits_dataset_builder",
+    "soundloc_jax.data_builders.flickr_soundnet.flickr_soundnet_dataset_builder",
+    "soundloc_jax.data_builders.folder.folder_dataset_builder",
+    "soundloc_jax.data_builders.music_synthetic.music_synthetic_dataset_builder",
+    "soundloc_jax.data_builders.vggsound.vggsound_dataset_builder",
+    "soundloc_jax.data_builders.vggss.vggss_dataset_builder",
 )
 
 
@@ -116,10 +119,19 @@ def main(args: Args) -> None:
   args.execute()
 
 
+def packaged_builder_path(arg: str) -> str:
+  """A `data_builders/NAME...` argument that does not exist relative to the
+  working directory, as the packaged folder; anything else unchanged."""
+  if arg.startswith("-") or os.path.exists(arg) or not arg.startswith("data_builders/"):
+    return arg
+  packaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), arg)
+  return packaged if os.path.exists(packaged) else arg
+
+
 def launch_cli(argv: list[str] | None = None) -> None:
   """Parses `argv` (default `sys.argv`) as `tfds build` flags and builds."""
-  if argv is not None:
-    sys.argv = list(argv)
+  argv = list(sys.argv if argv is None else argv)
+  sys.argv = argv[:1] + [packaged_builder_path(a) for a in argv[1:]]
   app.run(main, flags_parser=parse_flags)
 
 

@@ -306,7 +306,7 @@ def _added_with_default(old: dict, new: dict, key: str) -> bool:
   from before the field existed still resumes."""
   if _lookup(old, key) is not KeyError:
     return False
-  from configs import default as default_config
+  from soundloc_jax.configs import default as default_config
   defaults = json.loads(default_config.get_config().to_json_best_effort())
   return _lookup(defaults, key) == _lookup(new, key) and _lookup(new, key) is not KeyError
 

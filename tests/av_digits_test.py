@@ -66,7 +66,7 @@ def data(api_dir):
 
 
 def _builder_module():
-  from data_builders.av_digits import av_digits_dataset_builder
+  from soundloc_jax.data_builders.av_digits import av_digits_dataset_builder
   return av_digits_dataset_builder
 
 

@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import pytest
 
-from data_builders.av_digits.av_digits_dataset_builder import synth_waveform
+from soundloc_jax.data_builders.av_digits.av_digits_dataset_builder import synth_waveform
 from soundloc_jax import input_pipeline, localize, train
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -31,7 +31,7 @@ BUILDS = [("folder", "default", "folder"), ("flickr_soundnet", "10k", "flickr"),
 
 
 def _builder_class(name):
-  return importlib.import_module(f"data_builders.{name}.{name}_dataset_builder").Builder
+  return importlib.import_module(f"soundloc_jax.data_builders.{name}.{name}_dataset_builder").Builder
 
 
 def _api_build(name, config, manual_dir, data_dir):
@@ -137,7 +137,7 @@ def test_stored_and_lvs_test_spectrograms_match_scipy(built):
   np.testing.assert_allclose(train[ident]["spectrogram"].astype(np.float64), ref, rtol=2 ** -11,
                              atol=1e-6)  # float16 storage
   from soundloc_jax import audio
-  from configs import default
+  from soundloc_jax.configs import default
   f32 = audio.log_spectrogram(mf.train_pcm(int(ident[3:])) / np.float32(32768), 16000,
                               default.LVS_AUDIO)
   np.testing.assert_allclose(f32, ref, rtol=1e-5, atol=1e-5)
@@ -258,7 +258,7 @@ def test_bad_media_stop_the_build_naming_the_file_or_are_skipped_and_counted(tmp
 
 
 def test_training_checks_the_recorded_front_end(built):
-  from configs import default
+  from soundloc_jax.configs import default
   from soundloc_jax import train
   assert builder_lib.DEFAULT_AUDIO == default.LVS_AUDIO
   config = ml_collections.ConfigDict({"audio": default.audio_config(default.LVS_AUDIO)})
@@ -281,9 +281,9 @@ def test_music_synthetic_grids_use_the_1s_front_end(built):
     ("hard_positive", "vggsound_144k,neighbours=random"), ("hard_positive", "flickr_144k"),
     ("lvs", "vggsound_144k,variant=vanilla"), ("lvs", "flickr_144k"), ("ezvsl", "flickr_144k")])
 def test_presets_match_their_builders_and_fail_clearly_without_data(tmp_path, method, arg):
-  from configs import datasets
+  from soundloc_jax.configs import datasets
   from soundloc_jax import audio, train
-  config = importlib.import_module(f"configs.{method}").get_config(arg)
+  config = importlib.import_module(f"soundloc_jax.configs.{method}").get_config(arg)
   preset = arg.split(",")[0]
   assert config.dataset.name == datasets.PRESETS[preset]["dataset"]
   assert config.batch_size == datasets.PRESETS[preset]["batch_size"]
@@ -309,7 +309,7 @@ def test_presets_match_their_builders_and_fail_clearly_without_data(tmp_path, me
 def test_split_evaluator_scores_a_real_test_split_with_its_gt_format_and_eval_audio(built):
   """SplitEvaluator reads gt_format from the split's metadata, builds gt maps by
   the official rule and feeds the LVS test spectrogram when eval.audio asks."""
-  from configs import default
+  from soundloc_jax.configs import default
   config = default.get_config()
   config.dataset.image_size = config.eval.size = 224
   config.eval.protocol, config.eval.audio, config.eval.batch_size = "median", "lvs_test", 2
@@ -353,7 +353,7 @@ def test_beam_build_equals_the_local_build(tmp_path):
 
 
 def test_id_lists_and_vggsound_csv_are_parsed(tmp_path):
-  from data_builders.vggsound import vggsound_dataset_builder as vggsound
+  from soundloc_jax.data_builders.vggsound import vggsound_dataset_builder as vggsound
   lst = tmp_path / "list.txt"
   lst.write_text("id\n# a comment\n123.jpg\n456 # trailing comment\n\n123\n789,extra,columns\n")
   assert builder_lib.read_id_list(str(lst)) == ["123", "456", "789"]

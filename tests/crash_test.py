@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import iterative
+from soundloc_jax.configs import iterative
 from soundloc_jax import checkpointing, inference, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

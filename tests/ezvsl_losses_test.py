@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import ezvsl as ezvsl_config
+from soundloc_jax.configs import ezvsl as ezvsl_config
 from soundloc_jax import methods
 from soundloc_jax.ezvsl_losses import ezvsl_loss
 from tests.lvs_losses_test import make_inputs  # patches correlated with their audio

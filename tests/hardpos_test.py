@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import hard_positive, lvs
+from soundloc_jax.configs import hard_positive, lvs
 from soundloc_jax import input_pipeline, mine, mining, neighbours, train
 from soundloc_jax.errors import ConfigError, DatasetError, UserError
 

@@ -113,7 +113,7 @@ def test_converter_drops_fc_and_counters_and_records_its_source(resnet_dir):
 
 
 def test_init_visual_starts_only_the_visual_stream(resnet_dir):
-  from configs import default
+  from soundloc_jax.configs import default
   from soundloc_jax import train
   config = default.get_config()
   config.model.width = 6
@@ -135,7 +135,7 @@ def test_init_visual_starts_only_the_visual_stream(resnet_dir):
 
 
 def test_init_visual_errors_name_the_directory(resnet_dir, tmp_path):
-  from configs import default
+  from soundloc_jax.configs import default
   from soundloc_jax import train
   config = default.get_config()
   config.model.init_visual = str(tmp_path / "nowhere")
@@ -206,7 +206,7 @@ def test_eval_command_config_is_the_recorded_one(lvs_workdir):
   the config the import recorded in config.json (width: the fixture's)."""
   import json
 
-  from configs import lvs_released
+  from soundloc_jax.configs import lvs_released
   with open(os.path.join(lvs_workdir, "config.json")) as f:
     recorded = json.load(f)
   config = lvs_released.get_config("vggss")

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for train_test
 
 import soundloc_jax  # noqa: E402
-from data_builders.av_digits.av_digits_dataset_builder import synth_waveform  # noqa: E402
+from soundloc_jax.data_builders.av_digits.av_digits_dataset_builder import synth_waveform  # noqa: E402
 from soundloc_jax import (audio, checkpointing, evaluation, inference, input_pipeline,  # noqa: E402
                           localize, train)
 from train_test import tiny_config  # noqa: E402

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import lvs as lvs_config
+from soundloc_jax.configs import lvs as lvs_config
 from soundloc_jax import methods
 from soundloc_jax.lvs_losses import lvs_loss
 

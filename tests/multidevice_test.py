@@ -49,7 +49,7 @@ LOSS_RTOL = 1e-5
 
 
 def _config():
-  from configs import iterative
+  from soundloc_jax.configs import iterative
   c = iterative.get_config("")
   c.model.width = 4
   c.batch_size = GLOBAL_BATCH

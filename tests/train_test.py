@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import iterative
+from soundloc_jax.configs import iterative
 from soundloc_jax import input_pipeline, methods, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -299,7 +299,7 @@ def test_bfloat16_training_stays_finite_and_near_float32(demo_data_dir, tmp_path
 @pytest.mark.parametrize("config_file,arg", [("lvs", "variant=full"), ("lvs", "variant=vanilla"),
                                              ("ezvsl", "")])
 def test_baselines_train_through_the_same_loop(demo_data_dir, tmp_path, config_file, arg):
-  c = importlib.import_module(f"configs.{config_file}").get_config(arg)
+  c = importlib.import_module(f"soundloc_jax.configs.{config_file}").get_config(arg)
   c.dataset.data_dir = demo_data_dir
   c.model.width, c.batch_size, c.max_steps, c.eval.batch_size = 4, 32, 3, 64
   result = train.train_and_evaluate(c, str(tmp_path))

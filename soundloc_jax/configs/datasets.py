@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import default
+from soundloc_jax.configs import default
 from soundloc_jax.errors import ConfigError
 
 _COMMON = dict(image_size=224, augment=True, width=64, eval_size=224, protocol="median",

@@ -22,7 +22,7 @@ map of the trunks' features).
 
 import ml_collections
 
-from configs import datasets, default
+from soundloc_jax.configs import datasets, default
 
 PRESETS = ("", "vggsound_144k", "flickr_144k")
 

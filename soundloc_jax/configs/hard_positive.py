@@ -32,7 +32,7 @@ Values (the loss rules are in `soundloc_jax/hardpos_losses.py`):
 
 import ml_collections
 
-from configs import datasets, default
+from soundloc_jax.configs import datasets, default
 
 NEIGHBOURS = ("mined", "random")
 PRESETS = ("", "vggsound_144k", "flickr_144k")

@@ -25,7 +25,7 @@ Hyper-parameters the paper does not give, and the values chosen here:
 
 import ml_collections
 
-from configs import datasets, default
+from soundloc_jax.configs import datasets, default
 
 ABLATIONS = {
     # name: (use_itr, use_intra, use_inter)

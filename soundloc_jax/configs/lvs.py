@@ -20,7 +20,7 @@ Values (the loss rules are in `soundloc_jax/lvs_losses.py`):
 
 import ml_collections
 
-from configs import datasets, default
+from soundloc_jax.configs import datasets, default
 
 VARIANTS = {"full": "lvs", "vanilla": "lvs_vanilla"}
 PRESETS = ("", "vggsound_144k", "flickr_144k")

@@ -16,7 +16,7 @@ from the test splits' stored waveform), the median protocol at 224.
 
 import ml_collections
 
-from configs import default, lvs
+from soundloc_jax.configs import default, lvs
 
 TEST_SETS = {"vggss": "vggss", "flickr": "flickr_soundnet"}
 # LVS test audio (soundloc_jax.audio.LVS_DEFAULTS; repeated so configs stay import-light).

@@ -37,7 +37,7 @@ def import_checkpoint(checkpoint: str, out: str, test_set: str = "vggss") -> dic
   import numpy as np
   from flax import nnx
 
-  from configs import lvs_released
+  from soundloc_jax.configs import lvs_released
   from soundloc_jax import checkpointing, train
   from soundloc_jax.tools import resnet_weights, torch_pickle
 
