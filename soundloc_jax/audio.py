@@ -29,9 +29,20 @@ import numpy as np
 LOG_EPS = 1e-7
 LOG_SCALE = 12.0
 
-# Defaults for real data (LVS test protocol, see EVAL_PROTOCOL.md).
-LVS_DEFAULTS = dict(kind="lvs_psd", sample_rate=16000, clip_seconds=10.0,
-                    nperseg=512, noverlap=274)
+# The front ends the project uses, written once; configs, builders and the
+# evaluator refer to these (copy before changing one: `dict(LVS_TRAIN, ...)`).
+# The av_digits demo (64 x 63).
+DEMO = dict(kind="log_mel", sample_rate=16000, clip_seconds=0.5, n_fft=512, hop_length=128,
+            n_mels=64)
+# Real-data training: the LVS transform on 3 s at 16 kHz (257 x 299, HardPos's "257x300").
+LVS_TRAIN = dict(kind="lvs_psd", sample_rate=16000, clip_seconds=3.0, nperseg=512,
+                 noverlap=353)
+# The LVS test code's transform, 10 s (257 x 671; see EVAL_PROTOCOL.md).
+LVS_TEST = dict(kind="lvs_psd", sample_rate=16000, clip_seconds=10.0, nperseg=512,
+                noverlap=274)
+# The parameters each kind reads.
+KIND_KEYS = {"lvs_psd": ("kind", "sample_rate", "clip_seconds", "nperseg", "noverlap"),
+             "log_mel": ("kind", "sample_rate", "clip_seconds", "n_fft", "hop_length", "n_mels")}
 
 
 def _get(params: Any, key: str):
@@ -101,9 +112,7 @@ def spectrogram_shape(params: Any) -> tuple[int, int]:
 
 def params_dict(params: Any) -> dict:
   """The front-end parameters as a plain, JSON-able dict (for metadata checks)."""
-  keys = {"lvs_psd": ("kind", "sample_rate", "clip_seconds", "nperseg", "noverlap"),
-          "log_mel": ("kind", "sample_rate", "clip_seconds", "n_fft", "hop_length", "n_mels")}
   kind = _get(params, "kind")
-  if kind not in keys:
+  if kind not in KIND_KEYS:
     raise ValueError(f"unknown audio front end kind {kind!r}")
-  return {k: _get(params, k) for k in keys[kind]}
+  return {k: _get(params, k) for k in KIND_KEYS[kind]}

@@ -9,19 +9,17 @@ The LVS model differs from our default model in the audio stream only
 the audio map is max-pooled (`model.audio_layer4_stride=1`,
 `model.audio_pool="max"`). Inputs and scoring follow its public test code:
 224x224 test view with ImageNet mean/std, the LVS test front end on the first
-10 s (`audio.LVS_DEFAULTS`, 257x671; `eval.audio="lvs_test"` recomputes it
+10 s (`audio.LVS_TEST`, 257x671; `eval.audio="lvs_test"` recomputes it
 from the test splits' stored waveform), the median protocol at 224.
 `dataset.name` must name the user's built test set (`--config.dataset.name`).
 """
 
 import ml_collections
 
+from soundloc_jax import audio
 from soundloc_jax.configs import default, lvs
 
 TEST_SETS = {"vggss": "vggss", "flickr": "flickr_soundnet"}
-# LVS test audio (soundloc_jax.audio.LVS_DEFAULTS; repeated so configs stay import-light).
-LVS_TEST_AUDIO = dict(kind="lvs_psd", sample_rate=16000, clip_seconds=10.0, nperseg=512,
-                      noverlap=274)
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -38,7 +36,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.dataset.test_splits = ("test",)
   c.dataset.build_if_missing = False
   c.dataset.image_size = 224
-  c.audio = default.audio_config(LVS_TEST_AUDIO)
+  c.audio = default.audio_config(audio.LVS_TEST)
   c.eval.protocol = "median"
   c.eval.size = 224
   c.eval.success_threshold = 0.5

@@ -86,18 +86,18 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from soundloc_jax import audio
+
 # ----------------------------------------------------------------------------
 # Constants.
 
 SEED = 20240917
-SAMPLE_RATE = 16000
-CLIP_SECONDS = 0.5
+# The audio front end of the stored spectrograms (`soundloc_jax.audio.DEMO`,
+# kind "log_mel"). Shape [N_MELS, 1 + CLIP_SAMPLES // HOP].
+DEMO_AUDIO = audio.DEMO
+SAMPLE_RATE = DEMO_AUDIO["sample_rate"]
+CLIP_SECONDS = DEMO_AUDIO["clip_seconds"]
 CLIP_SAMPLES = int(round(SAMPLE_RATE * CLIP_SECONDS))  # 8000
-
-# The audio front end used for the stored spectrograms (kind "log_mel" of
-# soundloc_jax.audio.log_spectrogram). Shape [N_MELS, 1 + CLIP_SAMPLES // HOP].
-DEMO_AUDIO = dict(kind="log_mel", sample_rate=SAMPLE_RATE, clip_seconds=CLIP_SECONDS,
-                  n_fft=512, hop_length=128, n_mels=64)
 SPEC_SHAPE = (64, 63)
 
 IMAGE_SIZE = 64            # image is IMAGE_SIZE x IMAGE_SIZE RGB
@@ -277,7 +277,6 @@ def synth_waveform(label: int, rng: np.random.Generator) -> np.ndarray:
 
 def make_example(split: str, index: int) -> dict:
   """Example `index` of `split`, as plain numpy values (the TFDS features)."""
-  from soundloc_jax.audio import log_spectrogram
   split_id = SPLITS.index(split)
   rng = np.random.default_rng([SEED, split_id, int(index)])
   pools = _split_pools(split)
@@ -297,7 +296,7 @@ def make_example(split: str, index: int) -> dict:
   sounding = int(rng.integers(num))
   label = int(classes[sounding])
   waveform = synth_waveform(label, rng)
-  spec = log_spectrogram(waveform, SAMPLE_RATE, DEMO_AUDIO)
+  spec = audio.log_spectrogram(waveform, SAMPLE_RATE, DEMO_AUDIO)
   if spec.shape != SPEC_SHAPE:
     raise AssertionError(f"spectrogram shape {spec.shape} != {SPEC_SHAPE}")
   if not np.all(np.isfinite(spec)) or np.max(np.abs(spec)) > 60000:
