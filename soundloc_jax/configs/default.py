@@ -1,19 +1,23 @@
-"""Shared base configuration; method files (`iterative.py`, ...) extend it.
+"""Shared base configuration; method files (`iterative.py`, ...) override fields of it.
 
 `get_config(arg)` is the ml_collections convention: `arg` is the text after
 the colon in `--config=configs/iterative.py:ARG`. Every field a run can use
-exists here, so `--config.some_typo=1` fails instead of being ignored.
+is declared here, once, with its default (the method blocks too: a method
+file sets `method.name` and changes single fields, it never replaces a
+block), so `--config.some_typo=1` fails instead of being ignored, and a
+workdir recorded before a field existed resumes when the field keeps this
+default (`workdir.check_and_record_config`).
 """
 
 import ml_collections
 
-# The demo dataset's audio front end (must equal the av_digits builder's
-# DEMO_AUDIO; training checks it against the dataset metadata).
-DEMO_AUDIO = dict(kind="log_mel", sample_rate=16000, clip_seconds=0.5, n_fft=512,
-                  hop_length=128, n_mels=64)
-# Real data: the LVS test transform, 3 s at 16 kHz (257 x 299), as HardPos.
-LVS_AUDIO = dict(kind="lvs_psd", sample_rate=16000, clip_seconds=3.0, nperseg=512,
-                 noverlap=353)
+from soundloc_jax import audio
+
+# `config.audio` presets (the front ends themselves live in soundloc_jax.audio).
+# The demo dataset's (the av_digits builder records the same; training checks it).
+DEMO_AUDIO = audio.DEMO
+# Real data: the LVS transform on 3 s at 16 kHz (257 x 299), as HardPos.
+LVS_AUDIO = audio.LVS_TRAIN
 
 
 # Every audio key exists in every config (unused ones keep a placeholder), so
@@ -99,11 +103,39 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # settings must equal this run's. "" = random (or init_visual).
   c.model.init_from = ""
 
+  # The method: `name` picks the registry entry (soundloc_jax/methods/), which
+  # reads only its own fields below. The values are each method's defaults;
+  # the method files (iterative.py, lvs.py, hard_positive.py, ezvsl.py) say
+  # where they come from and override the few that differ.
   c.method = ml_collections.ConfigDict()
-  c.method.name = "contrastive"
+  c.method.name = "contrastive"      # contrastive | icl | lvs | lvs_vanilla | hardpos | ezvsl
+  # ICL (methods/icl.py; "contrastive" is its Eq. 3 alone, reading `tau`).
+  c.method.ablation = "full"         # the Table 2 row the three switches below form
+  c.method.use_itr = True
+  c.method.use_intra = True
+  c.method.use_inter = True
+  c.method.tau = 0.07
+  c.method.delta_v = 0.5
+  c.method.delta_a = 0.99
+  c.method.init_epochs = 3
+  c.method.sample_fraction = 1.0
+  # LVS (methods/lvs.py); HardPos and EZ-VSL read `temperature` and HardPos the
+  # masks' `epsilon`, `mask_tau` and `negative_pooling` as well.
+  c.method.variant = "full"          # full = "lvs", vanilla = "lvs_vanilla"
+  c.method.epsilon = 0.65
+  c.method.epsilon2 = 0.4
+  c.method.mask_tau = 0.03
+  c.method.temperature = 0.07
+  c.method.negative_pooling = "mean"
+  # HardPos (methods/hardpos.py, methods/neighbours.py).
+  c.method.neighbours = "mined"      # mined | random ("Random HP")
+  c.method.neighbours_path = ""      # the mined file; required with neighbours=mined
+  c.method.num_neighbours = 1000
+  c.method.positives = "bavc"
+  c.method.neighbour_gradient = True
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adam"
+  c.optimizer.name = "adam"          # adam | adamw | sgd (state.OPTIMIZERS)
   # Demo: 3e-3 left the chance plateau of Eq. 3 in 2 epochs (1e-3: 3 epochs)
   # and ended higher (test cIoU 0.37 vs 0.34 with the earlier delta_a = 0.9).
   c.optimizer.learning_rate = 3e-3
@@ -128,6 +160,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.every_epochs = 1
   c.eval.num_overlays = 8            # fixed validation samples drawn per epoch
 
+  # Evaluators per role (soundloc_jax/evaluation/evaluators.py: "localization",
+  # cIoU / AUC / pointing, needs box annotations; "retrieval", held-out audio ->
+  # image R@1 / R@5). A split without annotations skips the evaluators that need
+  # them and runs `unannotated` as well (real data's validation splits).
+  c.evals = ml_collections.ConfigDict()
+  c.evals.validation = ("localization", "retrieval")  # every eval.every_epochs epochs
+  c.evals.test = ("localization",)   # dataset.test_splits: end of training, --mode=eval
+  c.evals.unannotated = ("retrieval",)
+
   c.log_every_steps = 20
   # A non-finite loss or gradient: "stop" (error naming the step and the last
   # good checkpoint; nothing non-finite is ever saved) or "skip" the update.
@@ -136,6 +177,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 0       # 0 = at each epoch end only
   c.checkpoint.max_to_keep = 2      # the last N checkpoints
   # Also keep the best epoch by this validation metric (max) in
-  # workdir/checkpoints_best ("" = off). Never a test-split metric.
+  # workdir/checkpoints_best ("" = off): "val_" + a metric of an evaluator in
+  # evals.validation that runs on the validation split. Never a test metric.
   c.checkpoint.best_metric = "val_auc"
   return c

@@ -6,7 +6,7 @@ baseline of issue 6: multiple-instance contrastive learning (max over patches).
             flickr_144k: the real-data settings of HardPos Tables 1 and 2
             (configs/datasets.py), the training sets EZ-VSL also reports.
 
-Values (the loss rules are in `soundloc_jax/ezvsl_losses.py`):
+Values (the loss rules are in `soundloc_jax/methods/ezvsl.py`):
   temperature = 0.03        EZ-VSL's training temperature.
   model.audio_pool = "max"  EZ-VSL's audio ResNet-18 max-pools its last map.
   model.layer4_stride = 2   real-data presets only: EZ-VSL's visual map is
@@ -31,7 +31,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   preset, _ = default.parse_config_arg(arg, config_file="configs/ezvsl.py", presets=PRESETS,
                                        choices={})
   c = default.get_config()
-  c.method = ml_collections.ConfigDict()
   c.method.name = "ezvsl"
   c.method.temperature = 0.03
   c.model.audio_pool = "max"

@@ -9,7 +9,8 @@
               it with --config.method.neighbours_path=BASELINE_WORKDIR/neighbours.npz.
               random: "Random HP", K random examples per modality instead.
 
-Values (the loss rules are in `soundloc_jax/hardpos_losses.py`):
+Values (the defaults of `method.*` in default.py; the loss rules are in
+`soundloc_jax/methods/hardpos.py`):
   epsilon = 0.65, mask_tau = 0.03   Sec. 3.2 (following LVS), raw cosine.
   temperature = 0.07                Eq. 5-6 show no temperature; LVS's code
                                     divides its logits by 0.07, so do we.
@@ -21,7 +22,7 @@ Values (the loss rules are in `soundloc_jax/hardpos_losses.py`):
                                     c both; a subset ("ba", "b") ablates them.
   neighbour_gradient = True         the paper's loss; False stop-gradients the
                                     neighbours' features (a diagnostic, see the
-                                    hardpos_losses docstring and the README).
+                                    methods/hardpos.py docstring and the README).
   num_neighbours (K) = 1000         Sec. 3.2 (VGGSound / Flickr 144k). The
                                     demo uses 300: the paper picks K near the
                                     clips per class (300-1000 in VGGSound), and
@@ -43,17 +44,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   preset, options = default.parse_config_arg(arg, config_file="configs/hard_positive.py",
                                              presets=PRESETS,
                                              choices={"neighbours": ("mined", NEIGHBOURS)})
-  c = default.get_config()
-  c.method = ml_collections.ConfigDict()
+  c = default.get_config()  # the values above are default.py's method.* defaults
   c.method.name = "hardpos"
   c.method.neighbours = options["neighbours"]
-  # The mined file (mining.save_neighbours format); required with neighbours=mined.
-  c.method.neighbours_path = ""
-  c.method.num_neighbours = 1000 if preset else DEMO_NUM_NEIGHBOURS
-  c.method.epsilon = 0.65
-  c.method.mask_tau = 0.03
-  c.method.temperature = 0.07
-  c.method.negative_pooling = "mean"
-  c.method.positives = "bavc"
-  c.method.neighbour_gradient = True
+  if not preset:
+    c.method.num_neighbours = DEMO_NUM_NEIGHBOURS
   return datasets.apply_preset(c, preset)

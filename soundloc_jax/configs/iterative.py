@@ -6,7 +6,8 @@
   ROW      one of ICL Table 2's rows: initial, itr, itr_intra, itr_inter, full
            (default full = Eq. 7).
 
-Hyper-parameters the paper does not give, and the values chosen here:
+Hyper-parameters the paper does not give, and the values chosen (the
+defaults of `method.*` in default.py):
   tau = 0.07      the usual InfoNCE temperature (LVS's code uses 0.07 too).
   delta_v = 0.5   Eq. 2/4/5 threshold on the min-max normalised teacher map:
                   the midpoint, so sounding / non-sounding are split evenly
@@ -47,14 +48,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                                              choices={"ablation": ("full", ABLATIONS)})
   ablation = options["ablation"]
 
-  c = default.get_config()
-  c.method = ml_collections.ConfigDict()
+  c = default.get_config()  # tau, delta_v, delta_a, init_epochs, sample_fraction: above
   c.method.name = "icl"
   c.method.ablation = ablation
   c.method.use_itr, c.method.use_intra, c.method.use_inter = ABLATIONS[ablation]
-  c.method.tau = 0.07
-  c.method.delta_v = 0.5
-  c.method.delta_a = 0.99
-  c.method.init_epochs = 3
-  c.method.sample_fraction = 1.0
   return datasets.apply_preset(c, preset)

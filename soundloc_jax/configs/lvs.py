@@ -9,7 +9,8 @@
             vanilla: neither (method "lvs_vanilla", HardPos's Vanilla-LVS,
             the model whose embeddings HardPos mines neighbours with).
 
-Values (the loss rules are in `soundloc_jax/lvs_losses.py`):
+Values (the defaults of `method.*` in default.py; the loss rules are in
+`soundloc_jax/methods/lvs.py`):
   epsilon = 0.65, mask_tau = 0.03   LVS / HardPos (Sec. 3.2), on raw cosine.
   epsilon2 = 0.4                    LVS's tri-map threshold.
   temperature = 0.07                LVS's code divides all logits by 0.07.
@@ -32,13 +33,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                                              choices={"variant": ("full", VARIANTS)})
   variant = options["variant"]
 
-  c = default.get_config()
-  c.method = ml_collections.ConfigDict()
+  c = default.get_config()  # the values above are default.py's method.* defaults
   c.method.name = VARIANTS[variant]
   c.method.variant = variant
-  c.method.epsilon = 0.65
-  c.method.epsilon2 = 0.4
-  c.method.mask_tau = 0.03
-  c.method.temperature = 0.07
-  c.method.negative_pooling = "mean"
   return datasets.apply_preset(c, preset)

@@ -13,7 +13,7 @@ and returns a dict of float32 arrays:
     (max-pooled with `audio_pool="max"`, as the released LVS model), L2-normalised;
   * `response` `[B, h, w]`: cosine similarity of the audio embedding with each
     patch (ICL's R = V * a, before Eq. 1's min-max, which
-    `losses.normalize_response` and the evaluator apply where needed).
+    `methods.icl.normalize_response` and the evaluator apply where needed).
 
 BatchNorm follows `model.train()` / `model.eval()`. Both streams are
 ResNet-18 (`models.resnet`); d = 8 * width.
@@ -69,10 +69,10 @@ class AVModel(nnx.Module):
 
 
 def build_model(model_config, seed: int = 0) -> AVModel:
-  """AVModel from `config.model` (width, layer4_stride, compute_dtype; the
-  audio options default to their values before they existed, so a config.json
-  written earlier builds the same model)."""
+  """AVModel from `config.model` (width, layer4_stride, audio_layer4_stride,
+  audio_pool, compute_dtype; a config.json written before a field existed gets
+  its default from `workdir.read_config`)."""
   return AVModel(width=model_config.width, layer4_stride=model_config.layer4_stride,
-                 audio_layer4_stride=model_config.get("audio_layer4_stride", 2),
-                 audio_pool=model_config.get("audio_pool", "mean"),
+                 audio_layer4_stride=model_config.audio_layer4_stride,
+                 audio_pool=model_config.audio_pool,
                  dtype=jnp.dtype(model_config.compute_dtype), rngs=nnx.Rngs(seed))
