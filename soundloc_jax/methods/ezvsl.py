@@ -1,7 +1,7 @@
 """EZ-VSL baseline loss (Mo and Morgado, "Localizing Visual Sounds the Easy
 Way"): multiple-instance contrastive learning, one more baseline that falls
-out of the LVS code (`lvs_losses.response_maps`) with max pooling in place of
-soft masks.
+out of the LVS code (`methods.lvs.response_maps`) with max pooling in place of
+soft masks; and its registry entry "ezvsl".
 
 Inputs follow the model contract: `visual_features` [B, h, w, d] L2-normalised
 per patch, `audio_embedding` [B, d] L2-normalised, so A[i, j] =
@@ -33,7 +33,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from soundloc_jax.lvs_losses import response_maps
+from soundloc_jax.methods.lvs import response_maps
+from soundloc_jax.methods.registry import Method, register
 
 
 def ezvsl_loss(visual_features, audio_embedding, *, temperature=0.03):
@@ -50,3 +51,13 @@ def ezvsl_loss(visual_features, audio_embedding, *, temperature=0.03):
       "negative_response": jnp.sum(scores * off_diagonal) / jnp.maximum(jnp.sum(off_diagonal), 1.0),
   }
   return image_to_audio + audio_to_image, aux
+
+
+# Registry entry (config.method field: temperature; configs/ezvsl.py).
+def _method_loss(outputs, teacher_outputs, batch, cfg, rng):
+  del teacher_outputs, batch, rng
+  return ezvsl_loss(outputs["visual_features"], outputs["audio_embedding"],
+                    temperature=cfg.temperature)
+
+
+register(Method("ezvsl", _method_loss))

@@ -1,7 +1,9 @@
 """HardPos loss (Senocak et al., "Learning Sound Localization Better from
 Semantically Similar Samples", Eq. 5-6) as one pure, batched jnp function:
 whole batches, masks instead of gathers, no Python loop over samples, float32
-arithmetic whatever the compute dtype.
+arithmetic whatever the compute dtype; and its registry entry "hardpos"
+(neighbour batches: the neighbour sets come from `methods.neighbours`, mined
+by `methods.mining`).
 
 Inputs (the model contract of `models.av_model`, reshaped by the method to
 the neighbour layout of `input_pipeline.train_iterator`):
@@ -58,7 +60,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from soundloc_jax.lvs_losses import NEGATIVE_POOLINGS, masked_response
+from soundloc_jax.errors import ConfigError
+from soundloc_jax.methods.lvs import NEGATIVE_POOLINGS, check_negative_pooling, masked_response
+from soundloc_jax.methods.registry import Method, register
 
 POSITIVE_TERMS = "bavc"  # the column order of `positive_responses`
 
@@ -131,3 +135,33 @@ def hardpos_loss(visual_features, audio_embedding, negative_mask, *, epsilon=0.6
       "negatives_per_row": jnp.mean(jnp.sum(maskf, axis=1)),
   }
   return loss, aux
+
+
+# ----------------------------------------------------------------------------
+# Registry entry (config.method fields: epsilon, mask_tau, temperature,
+# negative_pooling, positives, neighbour_gradient, and for the neighbour sets
+# neighbours, neighbours_path, num_neighbours; configs/hard_positive.py).
+# Batches carry one audio and one visual neighbour per row
+# (`input_pipeline.train_iterator(neighbours=...)`); the model ran on the
+# flattened [2B] inputs (`state.model_inputs`), reshaped here.
+
+def _method_loss(outputs, teacher_outputs, batch, cfg, rng):
+  del teacher_outputs, rng
+  visual, audio = outputs["visual_features"], outputs["audio_embedding"]
+  visual = visual.reshape((-1, 2) + visual.shape[1:])
+  audio = audio.reshape((-1, 2) + audio.shape[1:])
+  return hardpos_loss(visual, audio, batch["negative_mask"], epsilon=cfg.epsilon,
+                      mask_tau=cfg.mask_tau, temperature=cfg.temperature,
+                      negative_pooling=cfg.negative_pooling, positives=cfg.positives,
+                      neighbour_gradient=cfg.neighbour_gradient)
+
+
+def _check_config(cfg):
+  try:
+    positive_columns(cfg.positives)
+  except ValueError as e:
+    raise ConfigError(f"config.method.positives: {e}") from None
+  check_negative_pooling(cfg)
+
+
+register(Method("hardpos", _method_loss, needs_neighbours=True, check_config=_check_config))

@@ -1,4 +1,7 @@
-"""Contrastive localization losses as pure, batched jnp functions.
+"""ICL (Lin et al., iterative contrastive learning): its losses as pure,
+batched jnp functions, and the registry entries "icl" (Eq. 7, with the
+previous-epoch teacher after `init_epochs` epochs of Eq. 3) and "contrastive"
+(Eq. 3 alone).
 
 One function per paper equation set; every function takes whole batches, uses
 masks instead of variable-size gathers and has no Python loop over samples or
@@ -32,6 +35,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from soundloc_jax.methods.registry import Method, register
 
 CONSTANT_MAP_EPS = 1e-6
 
@@ -88,11 +93,31 @@ def contrastive_loss(visual_features, audio_embedding, tau):
   return _info_nce(logits, jnp.eye(logits.shape[0], dtype=bool))
 
 
-def _subsample(mask, keep_fraction, rng):
+def subsample_patches(mask, keep_fraction, rng):
+  """A random subset of each row's patches in `mask` [B, h, w]: each patch is
+  kept with probability `keep_fraction`; a row whose subset would be empty
+  keeps its whole mask."""
   keep = jax.random.uniform(rng, mask.shape) < keep_fraction
   sampled = jnp.logical_and(mask, keep)
   nonempty = jnp.any(sampled, axis=(1, 2), keepdims=True)
   return jnp.where(nonempty, sampled, mask)
+
+
+def pseudo_label_masks(teacher_response, delta_v, sample_fraction=1.0, rng=None):
+  """`(positive_mask, negative_mask, is_constant)` [B, h, w] of Eq. 4 / 5 from
+  the teacher's raw response (module docstring); with `sample_fraction < 1`
+  each mask is `subsample_patches` of itself, with keys split from `rng`."""
+  normalized, is_constant = normalize_response(teacher_response)
+  constant = is_constant[:, None, None]
+  positive_mask = jnp.logical_or(normalized > delta_v, constant)
+  negative_mask = jnp.logical_and(normalized < delta_v, jnp.logical_not(constant))
+  if sample_fraction < 1.0:
+    if rng is None:
+      raise ValueError("icl_loss: sample_fraction < 1 needs an rng")
+    pos_rng, neg_rng = jax.random.split(rng)
+    positive_mask = subsample_patches(positive_mask, sample_fraction, pos_rng)
+    negative_mask = subsample_patches(negative_mask, sample_fraction, neg_rng)
+  return positive_mask, negative_mask, is_constant
 
 
 def icl_loss(visual_features, audio_embedding, teacher_response, teacher_audio, *,
@@ -112,16 +137,8 @@ def icl_loss(visual_features, audio_embedding, teacher_response, teacher_audio, 
   audio = audio_embedding.astype(jnp.float32)
   batch = audio.shape[0]
 
-  normalized, is_constant = normalize_response(teacher_response)
-  constant = is_constant[:, None, None]
-  positive_mask = jnp.logical_or(normalized > delta_v, constant)
-  negative_mask = jnp.logical_and(normalized < delta_v, jnp.logical_not(constant))
-  if sample_fraction < 1.0:
-    if rng is None:
-      raise ValueError("icl_loss: sample_fraction < 1 needs an rng")
-    pos_rng, neg_rng = jax.random.split(rng)
-    positive_mask = _subsample(positive_mask, sample_fraction, pos_rng)
-    negative_mask = _subsample(negative_mask, sample_fraction, neg_rng)
+  positive_mask, negative_mask, is_constant = pseudo_label_masks(
+      teacher_response, delta_v, sample_fraction, rng)
 
   if use_itr:
     v_pos = masked_mean(visual_features, positive_mask)
@@ -148,3 +165,32 @@ def icl_loss(visual_features, audio_embedding, teacher_response, teacher_audio, 
       "constant_map_fraction": jnp.mean(is_constant.astype(jnp.float32)),
   }
   return loss, aux
+
+
+# ----------------------------------------------------------------------------
+# Registry entries (config.method fields: tau, delta_v, delta_a, use_itr,
+# use_intra, use_inter, init_epochs, sample_fraction; configs/iterative.py).
+
+def _contrastive_method_loss(outputs, teacher_outputs, batch, cfg, rng):
+  del teacher_outputs, batch, rng
+  return contrastive_loss(outputs["visual_features"], outputs["audio_embedding"], cfg.tau), {}
+
+
+def _icl_method_loss(outputs, teacher_outputs, batch, cfg, rng):
+  if teacher_outputs is None:  # initialisation epochs: Eq. 3
+    return _contrastive_method_loss(outputs, None, batch, cfg, rng)
+  return icl_loss(
+      outputs["visual_features"], outputs["audio_embedding"],
+      teacher_outputs["response"], teacher_outputs["audio_embedding"],
+      tau=cfg.tau, delta_v=cfg.delta_v, delta_a=cfg.delta_a, use_itr=cfg.use_itr,
+      use_intra=cfg.use_intra, use_inter=cfg.use_inter,
+      sample_fraction=cfg.sample_fraction, rng=rng)
+
+
+def _icl_teacher_active(epoch, cfg):
+  uses_pseudo_labels = cfg.use_itr or cfg.use_intra or cfg.use_inter
+  return bool(uses_pseudo_labels and epoch >= cfg.init_epochs)
+
+
+register(Method("contrastive", _contrastive_method_loss))
+register(Method("icl", _icl_method_loss, needs_teacher=True, teacher_active=_icl_teacher_active))

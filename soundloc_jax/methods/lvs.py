@@ -1,7 +1,9 @@
 """LVS baseline losses (Chen et al., "Localizing Visual Sounds the Hard Way").
 
 The baseline HardPos builds on, as one pure, batched jnp function in the style
-of `soundloc_jax.losses`: whole batches, masks instead of gathers (the
+of `methods.icl`, and its registry entries "lvs" (tri-map + hard-negative
+logit) and "lvs_vanilla" (neither: HardPos's Vanilla-LVS, the model it mines
+with): whole batches, masks instead of gathers (the
 excluded diagonal is a mask, not a gather), no Python loop over samples or
 patches, float32 arithmetic whatever the compute dtype.
 
@@ -51,6 +53,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from soundloc_jax.errors import ConfigError
+from soundloc_jax.methods.registry import Method, register
 
 NEGATIVE_POOLINGS = ("mean", "masked")
 
@@ -107,3 +112,30 @@ def lvs_loss(visual_features, audio_embedding, *, epsilon=0.65, epsilon2=0.4, ma
       "positive_mask_fraction": jnp.mean(jax.nn.sigmoid(positive_logit_mask)),
   }
   return loss, aux
+
+
+# ----------------------------------------------------------------------------
+# Registry entries (config.method fields: epsilon, epsilon2, mask_tau,
+# temperature, negative_pooling; configs/lvs.py).
+
+def _make_method_loss(trimap, hard_negative):
+  def loss(outputs, teacher_outputs, batch, cfg, rng):
+    del teacher_outputs, batch, rng
+    return lvs_loss(
+        outputs["visual_features"], outputs["audio_embedding"], epsilon=cfg.epsilon,
+        epsilon2=cfg.epsilon2, mask_tau=cfg.mask_tau, temperature=cfg.temperature,
+        trimap=trimap, hard_negative=hard_negative, negative_pooling=cfg.negative_pooling)
+  return loss
+
+
+def check_negative_pooling(cfg):
+  """ConfigError unless `config.method.negative_pooling` is known (LVS and HardPos)."""
+  if cfg.negative_pooling not in NEGATIVE_POOLINGS:
+    raise ConfigError(f"config.method.negative_pooling={cfg.negative_pooling!r} is not one of "
+                      f"{NEGATIVE_POOLINGS}")
+
+
+register(Method("lvs", _make_method_loss(trimap=True, hard_negative=True),
+                check_config=check_negative_pooling))
+register(Method("lvs_vanilla", _make_method_loss(trimap=False, hard_negative=False),
+                check_config=check_negative_pooling))

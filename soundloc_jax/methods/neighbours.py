@@ -3,7 +3,7 @@ positions (in the training split) of its K audio and K visual neighbours, and
 the per-batch negative mask of Eq. 4 (N_i: everything outside both sets).
 
 Two kinds of table: `MinedNeighbours`, from the file `python -m
-soundloc_jax.mine` writes (`mining.save_neighbours`, ids in row order), and
+soundloc_jax.mine` writes (`methods.mining.save_neighbours`, ids in row order), and
 `RandomNeighbours`, the "Random HP" ablation: each example's two sets are K
 examples drawn uniformly without replacement from the others, generated on
 demand from `(seed, modality, position)`, so they are fixed for the whole run
@@ -21,12 +21,12 @@ from __future__ import annotations
 import abc
 import functools
 import os
-import sys
 
 import numpy as np
+from absl import logging
 
-from soundloc_jax import mining
 from soundloc_jax.errors import ConfigError, DatasetError
+from soundloc_jax.methods import mining
 
 KINDS = ("mined", "random")
 MINE_COMMAND = "python -m soundloc_jax.mine --workdir=BASELINE_WORKDIR"
@@ -74,7 +74,7 @@ class NeighbourTable(abc.ABC):
 
 
 class MinedNeighbours(NeighbourTable):
-  """The first `num_neighbours` columns of a `mining.save_neighbours` file."""
+  """The first `num_neighbours` columns of a `methods.mining.save_neighbours` file."""
 
   def __init__(self, result: dict, num_neighbours: int, source_path: str = ""):
     self.source_path = source_path
@@ -115,8 +115,9 @@ class RandomNeighbours(NeighbourTable):
     return self._draw(1, int(index))
 
 
-def load_mined(path: str, num_neighbours: int) -> MinedNeighbours:
-  """A mined table from `path`, with errors that name the file."""
+def load_mined(path: str, num_neighbours: int, warn=logging.warning) -> MinedNeighbours:
+  """A mined table from `path`, with errors that name the file; `warn` says
+  when the file holds fewer than `num_neighbours` columns."""
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isfile(path):
     raise DatasetError(f"neighbours file {path} does not exist; create it with {MINE_COMMAND} "
@@ -129,8 +130,8 @@ def load_mined(path: str, num_neighbours: int) -> MinedNeighbours:
                        f"create it with {MINE_COMMAND}") from e
   k = result["k"]
   if num_neighbours > k:
-    print(f"warning: config.method.num_neighbours={num_neighbours} but {path} holds {k} "
-          f"neighbours per example; using {k}", file=sys.stderr, flush=True)
+    warn(f"config.method.num_neighbours={num_neighbours} but {path} holds {k} neighbours "
+         f"per example; using {k}")
     num_neighbours = k
   return MinedNeighbours(result, num_neighbours, source_path=path)
 
@@ -147,9 +148,10 @@ def check_split(table: NeighbourTable, source) -> None:
     table.check_id(int(index), source[int(index)].get("id", b""))
 
 
-def from_config(method_config, source, seed: int) -> NeighbourTable:
+def from_config(method_config, source, seed: int, warn=logging.warning) -> NeighbourTable:
   """The table `config.method` asks for (`neighbours`, `neighbours_path`,
-  `num_neighbours`), checked against the training split `source`."""
+  `num_neighbours`), checked against the training split `source`; `warn` says
+  when K is more than the data allows."""
   kind = method_config.neighbours
   if kind not in KINDS:
     raise ConfigError(f"config.method.neighbours: unknown {kind!r}; available: {', '.join(KINDS)}")
@@ -158,8 +160,8 @@ def from_config(method_config, source, seed: int) -> NeighbourTable:
   if k < 1:
     raise ConfigError(f"config.method.num_neighbours must be >= 1, got {k}")
   if k > n - 1:
-    print(f"warning: config.method.num_neighbours={k} but the training split has {n} "
-          f"examples; using {n - 1}", file=sys.stderr, flush=True)
+    warn(f"config.method.num_neighbours={k} but the training split has {n} examples; "
+         f"using {n - 1}")
     k = n - 1
   if kind == "random":
     table = RandomNeighbours(n, k, seed)
@@ -171,6 +173,6 @@ def from_config(method_config, source, seed: int) -> NeighbourTable:
           f"--workdir=BASELINE_WORKDIR), run {MINE_COMMAND}, then pass "
           "--config.method.neighbours_path=BASELINE_WORKDIR/neighbours.npz "
           "(or use configs/hard_positive.py:,neighbours=random for Random HP)")
-    table = load_mined(method_config.neighbours_path, k)
+    table = load_mined(method_config.neighbours_path, k, warn)
   check_split(table, source)
   return table

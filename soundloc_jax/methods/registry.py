@@ -8,14 +8,21 @@ Contract for a registry entry (`Method`):
     the device batch dict, `aux` a dict of scalar diagnostics.
   * `needs_teacher`: the method uses the frozen previous-epoch model.
   * `needs_neighbours`: batches carry neighbour samples (HardPos): the
-    trainer builds the neighbour table (`neighbours.from_config`), batches
-    hold `[B, 2, ...]` inputs plus `negative_mask` (`input_pipeline.
+    trainer builds the neighbour table (`methods.neighbours.from_config`),
+    batches hold `[B, 2, ...]` inputs plus `negative_mask` (`input_pipeline.
     train_iterator`), the model runs on them flattened to `[2B, ...]`
-    (`train.model_inputs`) and the loss gets those `[2B]` outputs.
+    (`state.model_inputs`) and the loss gets those `[2B]` outputs.
   * `teacher_active(epoch, method_config)`: whether the teacher is used in
     that epoch (ICL's first `init_epochs` train with Eq. 3 only). The trainer
     compiles one step per distinct value, so this is a static choice.
-Register a new method with `register(Method(...))`; `get(name)` looks it up.
+  * `check_config(method_config)`: called before anything runs; raises a
+    ConfigError naming the bad `config.method.<key>` (instead of a ValueError
+    at the first step).
+A method reads its fields from `config.method`, where `configs/default.py`
+declares every method's fields with their defaults. Each method module
+(`methods/icl.py`, ...) registers its entries with `register(Method(...))`
+when imported; `soundloc_jax.methods` imports them all, and `get(name)` looks
+one up.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from soundloc_jax import ezvsl_losses, hardpos_losses, losses, lvs_losses
 from soundloc_jax.errors import ConfigError
 
 
@@ -34,8 +40,6 @@ class Method:
   needs_teacher: bool = False
   needs_neighbours: bool = False
   teacher_active: Callable[[int, Any], bool] = lambda epoch, cfg: False
-  # Called with config.method before anything runs; raises ConfigError naming
-  # the bad `config.method.<key>` (instead of a ValueError at the first step).
   check_config: Callable[[Any], None] = lambda cfg: None
 
 
@@ -57,92 +61,3 @@ def get(name: str) -> Method:
 
 def names() -> list[str]:
   return sorted(_REGISTRY)
-
-
-def _contrastive_loss(outputs, teacher_outputs, batch, cfg, rng):
-  del teacher_outputs, batch, rng
-  tau = cfg.get("tau", 0.07)
-  return losses.contrastive_loss(outputs["visual_features"], outputs["audio_embedding"], tau), {}
-
-
-def _icl_loss(outputs, teacher_outputs, batch, cfg, rng):
-  if teacher_outputs is None:  # initialisation epochs: Eq. 3
-    return _contrastive_loss(outputs, None, batch, cfg, rng)
-  return losses.icl_loss(
-      outputs["visual_features"], outputs["audio_embedding"],
-      teacher_outputs["response"], teacher_outputs["audio_embedding"],
-      tau=cfg.tau, delta_v=cfg.delta_v, delta_a=cfg.delta_a, use_itr=cfg.use_itr,
-      use_intra=cfg.use_intra, use_inter=cfg.use_inter,
-      sample_fraction=cfg.sample_fraction, rng=rng)
-
-
-def _icl_teacher_active(epoch, cfg):
-  uses_pseudo_labels = cfg.use_itr or cfg.use_intra or cfg.use_inter
-  return bool(uses_pseudo_labels and epoch >= cfg.init_epochs)
-
-
-register(Method("contrastive", _contrastive_loss))
-register(Method("icl", _icl_loss, needs_teacher=True, teacher_active=_icl_teacher_active))
-
-
-# LVS baseline (soundloc_jax.lvs_losses): "lvs" = tri-map + hard-negative logit,
-# "lvs_vanilla" = neither (HardPos's Vanilla-LVS, the model it mines with).
-def _make_lvs_loss(trimap, hard_negative):
-  def loss(outputs, teacher_outputs, batch, cfg, rng):
-    del teacher_outputs, batch, rng
-    return lvs_losses.lvs_loss(
-        outputs["visual_features"], outputs["audio_embedding"], epsilon=cfg.epsilon,
-        epsilon2=cfg.epsilon2, mask_tau=cfg.mask_tau, temperature=cfg.temperature,
-        trimap=trimap, hard_negative=hard_negative,
-        negative_pooling=cfg.get("negative_pooling", "mean"))
-  return loss
-
-
-def _check_negative_pooling(cfg):
-  pooling = cfg.get("negative_pooling", "mean")
-  if pooling not in lvs_losses.NEGATIVE_POOLINGS:
-    raise ConfigError(f"config.method.negative_pooling={pooling!r} is not one of "
-                      f"{lvs_losses.NEGATIVE_POOLINGS}")
-
-
-register(Method("lvs", _make_lvs_loss(trimap=True, hard_negative=True),
-                check_config=_check_negative_pooling))
-register(Method("lvs_vanilla", _make_lvs_loss(trimap=False, hard_negative=False),
-                check_config=_check_negative_pooling))
-
-
-# EZ-VSL (soundloc_jax.ezvsl_losses): max over patches, InfoNCE both ways.
-def _ezvsl_loss(outputs, teacher_outputs, batch, cfg, rng):
-  del teacher_outputs, batch, rng
-  return ezvsl_losses.ezvsl_loss(outputs["visual_features"], outputs["audio_embedding"],
-                                 temperature=cfg.temperature)
-
-
-register(Method("ezvsl", _ezvsl_loss))
-
-
-# HardPos (soundloc_jax.hardpos_losses): batches carry one audio and one visual
-# neighbour per row (`input_pipeline.train_iterator(neighbours=...)`); the
-# model ran on the flattened [2B] inputs (`train.model_inputs`), reshaped here.
-def _hardpos_loss(outputs, teacher_outputs, batch, cfg, rng):
-  del teacher_outputs, rng
-  visual, audio = outputs["visual_features"], outputs["audio_embedding"]
-  visual = visual.reshape((-1, 2) + visual.shape[1:])
-  audio = audio.reshape((-1, 2) + audio.shape[1:])
-  return hardpos_losses.hardpos_loss(visual, audio, batch["negative_mask"], epsilon=cfg.epsilon,
-                                     mask_tau=cfg.mask_tau, temperature=cfg.temperature,
-                                     negative_pooling=cfg.get("negative_pooling", "mean"),
-                                     positives=cfg.get("positives", "bavc"),
-                                     neighbour_gradient=cfg.get("neighbour_gradient", True))
-
-
-def _check_hardpos_config(cfg):
-  try:
-    hardpos_losses.positive_columns(cfg.get("positives", "bavc"))
-  except ValueError as e:
-    raise ConfigError(f"config.method.positives: {e}") from None
-  _check_negative_pooling(cfg)
-
-
-register(Method("hardpos", _hardpos_loss, needs_neighbours=True,
-                check_config=_check_hardpos_config))
