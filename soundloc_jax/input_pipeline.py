@@ -9,7 +9,8 @@ Batch contract (every dataset builder's examples are mapped to this):
   * `index`        int64   `[B]`           position in the split (host only)
   * `gt_map`       float32 `[B, S, S]`     real test splits: ground-truth map at the
                                            evaluation size (host only, see below)
-Only `DEVICE_KEYS` are sent to the device (`distributed.global_batch`); the
+Data sources come from `data.open_source` (`tfds.data_source` over
+array_record). Only `DEVICE_KEYS` are sent to the device (`distributed.global_batch`); the
 rest stay on the host. HardPos training batches (`train_iterator` with
 `neighbours`) hold `[B, 2, ...]` images and spectrograms plus
 `negative_mask` and `neighbour_index` (see `train_iterator`; sent to the
@@ -27,14 +28,11 @@ Ground truth of real test splits (`data_builders/*`, `builder_lib`): each
 example stores the raw annotation numbers `gt_boxes` float32 `[N, 4]` (any N,
 a plain Tensor: a BBoxFeature would reject the out-of-range and inverted boxes
 the official rules keep) and the dataset metadata says how to read them,
-`gt_format`: `"flickr256"` (Flickr-SoundNet XML numbers on 256 pixels,
-consensus map of `evaluation.flickr_gt_map`), `"unit"` (VGG-SS normalised
-boxes, OR map of `evaluation.vggss_gt_map`) or `"pixels"` (half-open boxes in
-pixels of the stored 224 test view, `evaluation.box_gt_map`). `eval_batches`
-given `gt_format` turns them into `gt_map` `[S, S]` with that rule
-(`gt_map_from_boxes`). Test splits also store `waveform` (int16, the first
+`gt_format` (`evaluation.annotations`: `"flickr256"`, `"unit"` or `"pixels"`).
+`eval_batches` given `gt_format` turns them into `gt_map` `[S, S]` with that
+rule (`annotations.gt_map_from_boxes`). Test splits also store `waveform` (int16, the first
 10 s at 16 kHz); `eval_audio="lvs_test"` computes the spectrogram from it with
-the LVS test front end (`audio.LVS_DEFAULTS`, 257x671) instead of using the
+the LVS test front end (`audio.LVS_TEST`, 257x671) instead of using the
 stored training-front-end `spectrogram`.
 """
 
@@ -46,56 +44,18 @@ import grain
 import numpy as np
 
 from soundloc_jax.errors import ConfigError, DatasetError
+from soundloc_jax.evaluation import annotations
 
 DEVICE_KEYS = ("image", "spectrogram")
 NEIGHBOUR_DEVICE_KEYS = DEVICE_KEYS + ("negative_mask",)  # HardPos (`train_iterator`)
-
-
-def open_source(name: str, split: str, data_dir: str):
-  """`tfds.data_source` with an error that says how to build what is missing."""
-  import tensorflow_datasets as tfds
-  try:
-    return tfds.data_source(name, split=split, data_dir=data_dir)
-  except Exception as e:  # TFDS raises several types for "not prepared"
-    base, _, builder_config = name.partition("/")
-    config_flag = f" --config={builder_config}" if builder_config else ""
-    raise DatasetError(
-        f"dataset {name!r} split {split!r} is not available in data_dir {data_dir!r} "
-        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Build it with "
-        f"`python -m soundloc_jax.tfds_build data_builders/{base}{config_flag} "
-        f"--data_dir={data_dir}` (add --manual_dir=... for datasets made from your own files; "
-        f"data_builders/{base}/README.md gives their layout).") from e
-
-
-GT_FORMATS = ("flickr256", "unit", "pixels")
 EVAL_AUDIO = ("", "lvs_test")
-
-
-def gt_map_from_boxes(boxes, gt_format: str, size: int) -> np.ndarray:
-  """float32 `[size, size]` ground-truth map of raw `gt_boxes` `[N, 4]`, by the
-  official rule of `gt_format` (see the module docstring)."""
-  from soundloc_jax import evaluation
-  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-  if gt_format == "unit":
-    return evaluation.vggss_gt_map(boxes, size=size)
-  if gt_format == "pixels":
-    return evaluation.box_gt_map(boxes, size=size, image_size=224)
-  if gt_format == "flickr256":
-    # `flickr_gt_map` on the XML's numbers: each box int(size * v / 256),
-    # +1 per annotator, halved, clipped at 1 (integers are exact in float32).
-    gt = np.zeros((size, size), np.float32)
-    for x0, y0, x1, y1 in (boxes.astype(np.float64) * size / 256).astype(np.int64):
-      gt[y0:y1, x0:x1] += 1
-    return np.minimum(gt / 2, 1)
-  raise DatasetError(f"unknown gt_format {gt_format!r} in the dataset metadata; "
-                     f"expected one of {GT_FORMATS}")
 
 
 def lvs_test_spectrogram(waveform_int16: np.ndarray) -> np.ndarray:
   """The LVS test front end (257x671) of a stored test `waveform`."""
   from soundloc_jax import audio
   x = np.asarray(waveform_int16, np.float32) / 32768.0
-  return audio.log_spectrogram(x, audio.LVS_DEFAULTS["sample_rate"], audio.LVS_DEFAULTS)
+  return audio.log_spectrogram(x, audio.LVS_TEST["sample_rate"], audio.LVS_TEST)
 
 
 def preprocess(example: dict, *, image_size: int, augment: bool, rng: np.random.Generator,
@@ -125,7 +85,7 @@ def preprocess(example: dict, *, image_size: int, augment: bool, rng: np.random.
       "index": np.int64(index),
   }
   if gt_format and "gt_boxes" in example:
-    out["gt_map"] = gt_map_from_boxes(example["gt_boxes"], gt_format, gt_size)
+    out["gt_map"] = annotations.gt_map_from_boxes(example["gt_boxes"], gt_format, gt_size)
   ident = example.get("id", b"")
   out["id"] = ident if isinstance(ident, bytes) else str(ident).encode()
   if "box" in example:

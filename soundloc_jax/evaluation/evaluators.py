@@ -1,106 +1,89 @@
-"""Evaluators: run a model over a split and score its heatmaps (or, for a split
-without annotations, its audio -> image retrieval).
+"""Evaluators: score a model on a split; each yields `(name, value)` pairs.
 
-Interface (what the trainer and `--mode=eval` use):
-  `SplitEvaluator(name, source, config)` wraps one split;
-  `evaluator.run(predict_fn)` calls `predict_fn(image, spectrogram) -> response`
-  (`[B, h, w]` raw maps, one device batch at a time), scores every sample with
-  the official protocol (`soundloc_jax.evaluation`) and returns an
-  `EvalResult`: `metrics` (a flat dict of floats, e.g. `ciou`, `auc`,
-  `ciou_median`, plus bootstrap intervals, and `pointing`, the pointing-game
-  hit rate of `evaluation.pointing_hits`), and the per-sample arrays
-  (`ids`, `cious`, `responses`) for reports and overlays. `result.items()`
-  yields `(name, value)` pairs, big_vision style, for logging.
+`SplitEvaluator(name, source, config, evals).run(predict_fn)` runs the model
+over the split once (`predict_fn(image, spectrogram)` -> the model's output
+dict, or the `[B, h, w]` response alone, one batch at a time), collects what
+the evaluators need into `SplitOutputs` and lets each listed evaluator score
+it. The result, an `EvalResult`, holds `metrics` (a flat dict of floats;
+`result.items()` yields its `(name, value)` pairs, big_vision style, for
+logging) and the per-sample arrays reports use (`ids`, `cious`, `ranks`,
+`responses`).
 
-The headline protocol comes from `config.eval` (`protocol`, `threshold`,
-`order`, `size`); the LVS "median" protocol is always reported as well, as
-`*_median`, so numbers stay comparable with the papers.
-
-Splits without `box` / `gt_map` (real data has no annotated validation
-split) are scored by held-out retrieval instead: `r1` / `r5`, how often a
-sound's own image is the top-1 / in the top-5 of the split's images ranked by
-the peak of their response map; `run(..., retrieval=True)` adds these to an
-annotated split's metrics too (the trainer's validation split does).
+Evaluators (`EVALUATORS`; `config.evals` lists them per role):
+  "localization"  needs box annotations. `ciou`, `auc` (the headline
+                  protocol of `config.eval`: `protocol`, `threshold`,
+                  `order`, `size`), their bootstrap interval `ciou_ci95_lo` /
+                  `_hi`, `ciou_median` / `auc_median` (the LVS "median"
+                  protocol, always, so numbers stay comparable with the
+                  papers), `pointing` (the pointing-game hit rate of
+                  `protocol.pointing_hits`); per sample: `cious`.
+  "retrieval"     held-out audio -> image retrieval among the split's own
+                  images, ranked by the peak of their response map: `r1` /
+                  `r5` (how often a sound's own image is the top-1 / in the
+                  top 5), `median_rank` and the chance levels; per sample:
+                  `ranks`. Needs the model's features (an output dict).
+Both also yield `n`. A split without annotations (real data has no annotated
+validation split) skips the evaluators that need them and runs
+`config.evals.unannotated` as well (`evaluator_names`), so it is scored by
+retrieval and never reports a cIoU.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
+from typing import Any, Callable
 
 import numpy as np
 
-from soundloc_jax import evaluation, input_pipeline
-from soundloc_jax.errors import DatasetError
+from soundloc_jax import input_pipeline
+from soundloc_jax.errors import ConfigError, DatasetError
+from soundloc_jax.evaluation import annotations, protocol
 
 
 @dataclasses.dataclass
-class EvalResult:
-  split: str
-  metrics: dict
+class SplitOutputs:
+  """The model's outputs over a split, in split order (the evaluators' input)."""
   ids: list
-  cious: np.ndarray
-  responses: np.ndarray
-  gt_maps: np.ndarray | None       # None: the split has no annotations
-  summary: dict
-  ranks: np.ndarray | None = None  # retrieval rank of each sound's own image
+  responses: np.ndarray            # [N, h, w] raw response maps
+  gt_maps: np.ndarray | None       # [N, S, S]; None: the split has no annotations
+  visual: np.ndarray | None = None  # [N, h, w, d] when an evaluator needs features
+  audio: np.ndarray | None = None   # [N, d]
+
+
+@dataclasses.dataclass
+class Scores:
+  """What one evaluator found: `metrics` (its `(name, value)` pairs), arrays
+  per sample (`cious`, `ranks`) and, for localization, the protocol summary."""
+  metrics: dict
+  per_sample: dict = dataclasses.field(default_factory=dict)
+  summary: dict = dataclasses.field(default_factory=dict)
 
   def items(self):
     return self.metrics.items()
 
-  @property
-  def localized(self) -> bool:
-    return self.gt_maps is not None
 
-  def describe(self, success_threshold: float = 0.5) -> str:
-    """One line: cIoU / AUC (both protocols) and / or retrieval R@1 / R@5."""
-    m, parts = self.metrics, []
-    if self.localized:
-      parts.append(f"cIoU@{success_threshold:g} {m['ciou']:.3f} [{m['ciou_ci95_lo']:.3f}, "
-                   f"{m['ciou_ci95_hi']:.3f}] AUC {m['auc']:.3f} | median protocol cIoU {m['ciou_median']:.3f} "
-                   f"AUC {m['auc_median']:.3f} | pointing {m['pointing']:.3f}")
-    if self.ranks is not None:
-      parts.append(f"retrieval R@1 {m['r1']:.3f} R@5 {m['r5']:.3f} (chance {m['r1_chance']:.3f}"
-                   f" / {m['r5_chance']:.3f})")
-    return " | ".join(parts) + f" (n={m['n']})"
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+  name: str
+  score: Callable[[SplitOutputs, Any], Scores]  # (outputs, config.eval) -> Scores
+  metrics: tuple                                # the names it yields
+  needs_annotations: bool = False
+  needs_features: bool = False
 
 
-def gt_maps_from_batch(batch: dict, size: int, image_size: int) -> np.ndarray:
-  """`[B, size, size]` ground truth: the pipeline's `gt_map` (real test splits,
-  official rule of the dataset's `gt_format`), else the demo's `box`."""
-  if "gt_map" in batch:
-    gt = np.asarray(batch["gt_map"], np.float32)
-    if gt.shape[1:] != (size, size):
-      raise DatasetError(f"gt_map of shape {gt.shape[1:]} does not match eval.size {size}")
-    return gt
-  if "box" not in batch:
-    raise DatasetError("this split has no box annotations ('box' or 'gt_boxes' with a "
-                       "gt_format in the dataset metadata); it cannot be used for "
-                       "localization evaluation")
-  return np.stack([evaluation.box_gt_map([box], size=size, image_size=image_size)
-                   for box in batch["box"]])
-
-
-def gt_format_of(source) -> str:
-  """The `gt_format` a data source's dataset metadata declares ('' if none)."""
-  info = getattr(source, "dataset_info", None)
-  metadata = getattr(info, "metadata", None) or {}
-  return str(metadata.get("gt_format", "") or "")
-
-
-def has_annotations(batch: dict) -> bool:
-  """Whether a batch carries localization ground truth (`gt_map` or `box`)."""
-  return "gt_map" in batch or "box" in batch
-
-
-def source_is_annotated(source) -> bool:
-  """Whether a split's examples carry localization ground truth (its first one
-  has `box`, or `gt_boxes` with a `gt_format` in the dataset metadata)."""
-  if len(source) == 0:
-    return False
-  example = source[0]
-  return "box" in example or ("gt_boxes" in example and bool(gt_format_of(source)))
+def _localization(outputs: SplitOutputs, ev) -> Scores:
+  responses, gt_maps = outputs.responses, outputs.gt_maps
+  cious, summary = protocol.evaluate_maps(
+      responses, gt_maps, protocol=ev.protocol, size=ev.size, threshold=ev.threshold,
+      order=ev.order, success_threshold=ev.success_threshold)
+  _, median = protocol.evaluate_maps(responses, gt_maps, protocol="median", size=ev.size,
+                                     success_threshold=ev.success_threshold)
+  pointing = float(np.mean(protocol.pointing_hits(responses, gt_maps, size=ev.size)))
+  metrics = {"ciou": summary["ciou"], "auc": summary["auc"],
+             "ciou_ci95_lo": summary["ciou_ci95"][0], "ciou_ci95_hi": summary["ciou_ci95"][1],
+             "ciou_median": median["ciou"], "auc_median": median["auc"], "pointing": pointing,
+             "n": len(outputs.ids)}
+  return Scores(metrics, {"cious": np.asarray(cious)}, summary)
 
 
 def retrieval_scores(visual: np.ndarray, audio: np.ndarray,
@@ -137,120 +120,116 @@ def retrieval_metrics(ranks: np.ndarray) -> dict:
           "r5_chance": min(5, n) / n, "n": n}
 
 
-class SplitEvaluator:
-  """Scores a split: localization (cIoU, AUC) when it is annotated, held-out
-  audio -> image retrieval (`r1`, `r5` among the split's own images) when it
-  is not, or also when `retrieval=True` (the trainer's validation split, so
-  `checkpoint.best_metric="val_r1"` works with and without annotations).
-  Retrieval needs `predict_fn` to return the model's output dict
-  (`visual_features`, `audio_embedding`, `response`); an array is taken as the
-  response alone."""
+def _retrieval(outputs: SplitOutputs, ev) -> Scores:
+  del ev
+  ranks = retrieval_ranks(retrieval_scores(outputs.visual, outputs.audio))
+  return Scores(retrieval_metrics(ranks), {"ranks": ranks})
 
-  def __init__(self, name: str, source, config):
+
+EVALUATORS = {e.name: e for e in (
+    Evaluator("localization", _localization, needs_annotations=True,
+              metrics=("ciou", "auc", "ciou_ci95_lo", "ciou_ci95_hi", "ciou_median",
+                       "auc_median", "pointing", "n")),
+    Evaluator("retrieval", _retrieval, needs_features=True,
+              metrics=("r1", "r5", "median_rank", "r1_chance", "r5_chance", "n")),
+)}
+
+
+def evaluator_names(evals, annotated: bool, config) -> list[str]:
+  """The evaluators a split gets from the list `evals` (e.g.
+  `config.evals.validation`): those it can run, plus `config.evals.unannotated`
+  when it has no annotations. A ConfigError names an unknown evaluator, or a
+  split left with none."""
+  requested = list(evals) + ([] if annotated else list(config.evals.unannotated))
+  for name in requested:
+    if name not in EVALUATORS:
+      raise ConfigError(f"config.evals: unknown evaluator {name!r}; available: "
+                        f"{', '.join(EVALUATORS)}")
+  names = [n for n in dict.fromkeys(requested) if annotated or not EVALUATORS[n].needs_annotations]
+  if not names:
+    raise ConfigError(f"config.evals: none of {requested} can score a split without "
+                      "localization annotations; add 'retrieval' to config.evals.unannotated")
+  return names
+
+
+@dataclasses.dataclass
+class EvalResult:
+  split: str
+  metrics: dict
+  ids: list
+  cious: np.ndarray                # nan where not localized
+  responses: np.ndarray
+  gt_maps: np.ndarray | None       # None: the split has no annotations
+  summary: dict
+  ranks: np.ndarray | None = None  # retrieval rank of each sound's own image
+
+  def items(self):
+    return self.metrics.items()
+
+  @property
+  def localized(self) -> bool:
+    return "ciou" in self.metrics
+
+  def describe(self, success_threshold: float = 0.5) -> str:
+    """One line: cIoU / AUC (both protocols) and / or retrieval R@1 / R@5."""
+    m, parts = self.metrics, []
+    if self.localized:
+      parts.append(f"cIoU@{success_threshold:g} {m['ciou']:.3f} [{m['ciou_ci95_lo']:.3f}, "
+                   f"{m['ciou_ci95_hi']:.3f}] AUC {m['auc']:.3f} | median protocol cIoU "
+                   f"{m['ciou_median']:.3f} AUC {m['auc_median']:.3f} | pointing "
+                   f"{m['pointing']:.3f}")
+    if self.ranks is not None:
+      parts.append(f"retrieval R@1 {m['r1']:.3f} R@5 {m['r5']:.3f} (chance {m['r1_chance']:.3f}"
+                   f" / {m['r5_chance']:.3f})")
+    return " | ".join(parts) + f" (n={m['n']})"
+
+
+class SplitEvaluator:
+  """Scores one split with the evaluators `evals` names (module docstring)."""
+
+  def __init__(self, name: str, source, config, evals=("localization",)):
     self.name = name
     self.source = source
     self.config = config
+    self.annotated = annotations.source_is_annotated(source)
+    self.evaluators = [EVALUATORS[n] for n in evaluator_names(evals, self.annotated, config)]
 
-  def run(self, predict_fn, retrieval: bool = False) -> EvalResult:
+  def run(self, predict_fn) -> EvalResult:
+    outputs = self._collect(predict_fn, any(e.needs_features for e in self.evaluators))
+    metrics, per_sample, summary = {}, {}, {}
+    for evaluator in self.evaluators:
+      scores = evaluator.score(outputs, self.config.eval)
+      metrics.update(scores.items())
+      per_sample.update(scores.per_sample)
+      summary = summary or scores.summary
+    nan = np.full(len(outputs.ids), np.nan, np.float32)
+    return EvalResult(self.name, metrics, outputs.ids, per_sample.get("cious", nan),
+                      outputs.responses, outputs.gt_maps, summary, per_sample.get("ranks"))
+
+  def _collect(self, predict_fn, features: bool) -> SplitOutputs:
     ev, ds = self.config.eval, self.config.dataset
     responses, gts, ids, visual, audio = [], [], [], [], []
-    annotated = None
-    for batch in input_pipeline.eval_batches(self.source, batch_size=ev.batch_size,
-                                             image_size=ds.image_size,
-                                             num_threads=ds.num_workers,
-                                             gt_format=gt_format_of(self.source),
-                                             gt_size=ev.size, eval_audio=ev.get("audio", "")):
+    for batch in input_pipeline.eval_batches(
+        self.source, batch_size=ev.batch_size, image_size=ds.image_size,
+        num_threads=ds.num_workers, gt_format=annotations.gt_format_of(self.source),
+        gt_size=ev.size, eval_audio=ev.audio):
       valid = batch["valid"]
       out = predict_fn(batch["image"], batch["spectrogram"])
-      if annotated is None:
-        annotated = has_annotations(batch)
-        retrieval = retrieval or not annotated
-        if retrieval and not isinstance(out, dict):
-          raise DatasetError(f"split {self.name!r} has no localization annotations ('box' or "
-                             "'gt_boxes' with a gt_format); scoring it by retrieval needs the "
-                             "model's features (a predict_fn returning the output dict)")
+      if features and not isinstance(out, dict):
+        raise DatasetError(
+            f"split {self.name!r}: evaluator 'retrieval' needs the model's features (a "
+            "predict_fn returning the output dict)" + ("" if self.annotated else
+            "; the split has no localization annotations ('box' or 'gt_boxes' with a "
+            "gt_format), so retrieval is its only score"))
       outputs = out if isinstance(out, dict) else {"response": out}
       responses.append(np.asarray(outputs["response"], np.float32)[valid])
-      if retrieval:
+      if features:
         visual.append(np.asarray(outputs["visual_features"], np.float32)[valid])
         audio.append(np.asarray(outputs["audio_embedding"], np.float32)[valid])
-      if annotated:
-        gts.append(gt_maps_from_batch(batch, ev.size, ds.image_size)[valid])
+      if self.annotated:
+        gts.append(annotations.gt_maps_from_batch(batch, ev.size, ds.image_size)[valid])
       ids.extend(i.decode() if isinstance(i, bytes) else str(i) for i in batch["id"][valid])
-    responses = np.concatenate(responses)
-    metrics, summary, ranks = {}, {}, None
-    if retrieval:
-      ranks = retrieval_ranks(retrieval_scores(np.concatenate(visual), np.concatenate(audio)))
-      metrics.update(retrieval_metrics(ranks))
-    if not annotated:
-      nan = np.full(len(ids), np.nan, np.float32)
-      return EvalResult(self.name, metrics, ids, nan, responses, None, summary, ranks)
-    gt_maps = np.concatenate(gts)
-    cious, summary = evaluation.evaluate_maps(
-        responses, gt_maps, protocol=ev.protocol, size=ev.size, threshold=ev.threshold,
-        order=ev.order, success_threshold=ev.success_threshold)
-    _, median = evaluation.evaluate_maps(responses, gt_maps, protocol="median", size=ev.size,
-                                         success_threshold=ev.success_threshold)
-    metrics.update({"ciou": summary["ciou"], "auc": summary["auc"],
-                    "ciou_ci95_lo": summary["ciou_ci95"][0],
-                    "ciou_ci95_hi": summary["ciou_ci95"][1],
-                    "ciou_median": median["ciou"], "auc_median": median["auc"],
-                    "pointing": float(np.mean(evaluation.pointing_hits(responses, gt_maps,
-                                                                       size=ev.size))),
-                    "n": len(ids)})
-    return EvalResult(self.name, metrics, ids, np.asarray(cious), responses, gt_maps, summary,
-                      ranks)
-
-
-def heatmaps_for_display(responses: np.ndarray, size: int) -> np.ndarray:
-  """Min-max normalised maps at `size`, the way the protocol sees them."""
-  return evaluation.localization_map(responses, size=size)
-
-
-def write_report(result: EvalResult, out_dir: str, source, config, num_samples: int = 4,
-                 seed: int = 0) -> None:
-  """`metrics.json` (summary + per-sample cIoU with ids), `success_curve.png` and an
-  overlay grid of the best, worst and random samples."""
-  os.makedirs(out_dir, exist_ok=True)
-  per_sample = [{"id": i} for i in result.ids]
-  for row, c in zip(per_sample, result.cious):
-    if result.localized:
-      row["ciou"] = float(c)
-  for row, r in zip(per_sample, result.ranks if result.ranks is not None else ()):
-    row["retrieval_rank"] = int(r)
-  record = {"split": result.split, "protocol": dict(config.eval), **result.metrics,
-            "success_curve": result.summary.get("success_curve"),
-            "thresholds": result.summary.get("thresholds"), "per_sample": per_sample}
-  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-    json.dump(record, f, indent=1)
-  if not result.localized:  # retrieval only: overlays of the best / worst ranked sounds
-    order = np.argsort(result.ranks, kind="stable")
-    k = min(num_samples, len(order))
-    save_overlays(result, np.concatenate([order[:k], order[::-1][:k]]), source, config,
-                  os.path.join(out_dir, "overlays.png"), tags=["best"] * k + ["worst"] * k)
-    return
-  evaluation.plot_success_curve(result.summary, os.path.join(out_dir, "success_curve.png"),
-                                label=result.split)
-  picks = evaluation.select_overlay_samples(result.cious, num_samples, seed)
-  tags = [tag for tag in ("best", "worst", "random") for _ in picks[tag]]
-  save_overlays(result, picks["indices"], source, config, os.path.join(out_dir, "overlays.png"),
-                tags=tags)
-
-
-def save_overlays(result: EvalResult, indices, source, config, path: str, tags=None) -> None:
-  indices = [int(i) for i in indices]
-  size = config.dataset.image_size
-  images, boxes = [], []
-  for i in indices:
-    ex = input_pipeline.preprocess(source[i], image_size=size, augment=False,
-                                   rng=np.random.default_rng(0), index=i,
-                                   gt_format=gt_format_of(source), gt_size=size)
-    images.append(ex["image"])
-    boxes.append([ex["box"].tolist()] if "box" in ex else ex.get("gt_map"))
-  heat = heatmaps_for_display(result.responses[indices], size)
-  tags = tags or [""] * len(indices)
-  titles = [f"{t} {result.ids[i]}\n" + (f"cIoU {result.cious[i]:.2f}" if result.localized
-                                         else f"rank {int(result.ranks[i]) + 1}")
-            for t, i in zip(tags, indices)]
-  titles = [t.strip() for t in titles]
-  evaluation.overlay_grid(np.stack(images), heat, boxes, titles, path)
+    return SplitOutputs(ids, np.concatenate(responses),
+                        np.concatenate(gts) if self.annotated else None,
+                        np.concatenate(visual) if features else None,
+                        np.concatenate(audio) if features else None)

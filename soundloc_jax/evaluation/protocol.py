@@ -1,10 +1,10 @@
-"""Localization evaluation: the official cIoU / AUC protocol, on the host.
+"""The official cIoU / AUC localization protocol, on the host.
 
 Protocol (LVS test code, which HardPos and most later work report with; see
 `EVAL_PROTOCOL.md`). For each test sample the model's response map `h`
 (e.g. 14x14, higher = more likely sounding) is resized to the evaluation size
 S (224) with OpenCV-style bilinear interpolation (half-pixel centres, clamped
-borders), turned into `pred = 1 - normalize(-h_S)` (min-max per map, a
+borders; `evaluation.resize`), turned into `pred = 1 - normalize(-h_S)` (min-max per map, a
 constant map left unchanged so it becomes `1 + c`), and binarised at its
 median: `t = sort(pred.flatten())[S*S // 2]`, pixels `> t` become 1, then
 every pixel still `< 1` becomes 0 (a pixel equal to the maximum 1.0 stays on
@@ -12,43 +12,30 @@ even when it equals `t`). The consensus IoU against a ground-truth map
 `gt` in [0, 1] is `sum(pred*gt) / (sum(gt) + sum(pred*(gt == 0)))`. Over a
 test set, cIoU@0.5 is the fraction of samples with cIoU >= 0.5, and AUC the
 trapezoidal area under the success curve at thresholds 0, 0.05, ..., 1.0.
-Ground truth: Flickr-SoundNet consensus maps from annotator boxes in
-256-pixel coordinates (`flickr_gt_map`, values 0 / 0.5 / 1), VGG-SS binary
-maps from normalised boxes (`vggss_gt_map`), pixel boxes of the generated
-demo dataset (`box_gt_map`). ICL's fixed-threshold variant is available as
-`protocol="fixed"` (see `fixed_prediction`).
+Ground-truth maps (`gt`) are built by `evaluation.annotations`. ICL's
+fixed-threshold variant is available as `protocol="fixed"` (see
+`fixed_prediction`).
 
 Everything here is NumPy on the host, float32 for the map math, vectorised
 over a batch `[N, h, w]` of maps (no Python loop over samples). A VGG-SS-sized
 set (5,158 maps) is post-processed, scored and summarised in about 1.5 s on
 2 CPU cores (`benchmarks/eval_postprocess.py`).
 
-Evaluator interface:
+Interface:
 
 * `evaluate_maps(responses, gt_maps, protocol=..., ...)` -> `(cious, summary)`
   runs the whole pipeline in one call (in cache-sized blocks);
-  `score_maps` returns only the per-sample cIoUs.
-* Running a model over a split and yielding `(name, value)` pairs is
-  `soundloc_jax.evaluator.SplitEvaluator`'s job; this module holds no state.
+  `score_maps` returns only the per-sample cIoUs, `pointing_hits` the
+  pointing game's hits.
 * `summarize(cious)` -> JSON-able dict: `ciou` (cIoU@threshold), `auc`,
   `success_curve`, `thresholds`, percentile-bootstrap `ciou_ci95` /
   `auc_ci95`, `n`.
-* Plots: `plot_success_curve`, `overlay_grid`, `select_overlay_samples`
-  (matplotlib is imported lazily; figures are drawn without pyplot, so the
-  caller's backend, e.g. a notebook's inline one, is left alone).
+* Running a model over a split and yielding `(name, value)` pairs is the job
+  of `evaluation.evaluators`; plots and reports are `evaluation.plots`'s.
+  This module holds no state.
 
 Interpretations chosen where the protocol leaves room:
 
-* Resizing evaluates the separable interpolation `A @ m @ B.T` as OpenCV's
-  float path does: weights computed like OpenCV (`fx = (float)((dx + 0.5) *
-  scale - 0.5)`, `scale = 1 / (dst / src)` in double), horizontal pass first,
-  each output `a * w0 + b * w1` in float32 with separate multiply and add
-  (OpenCV's scalar / SSE arithmetic). A BLAS matmul of the same matrices
-  differs by 1 ulp on about a third of the pixels (fused multiply-add),
-  which can move pixels across a median tie, so the two-tap form is used.
-  The formula is checked against a per-pixel reference in the tests; OpenCV
-  itself is not installed here. OpenCV's special case of an exact 2x downscale
-  (INTER_AREA) is not reproduced; it agrees up to rounding.
 * cIoUs are returned as float64: the official code divides float64 sums and
   compares with thresholds `0.05 * i` (0.15000000000000002, ...); a cIoU of
   exactly 3/20 fails the 0.15 threshold in float64 but would pass in float32.
@@ -68,15 +55,6 @@ Interpretations chosen where the protocol leaves room:
   `> threshold`. `"threshold_first"`: `> threshold` at feature resolution,
   bilinear upsampling of the 0/1 map, keep `>= 0.5`. Bilinear upsampling is
   the same half-pixel resize (identical to PyTorch `align_corners=False`).
-* Flickr XML: coordinates are read with `int(text)` as the official code;
-  text that is not an integer literal (not in the public release, where the
-  official code would raise) is read as `int(float(text))`, i.e. truncated
-  toward zero before the `int(size * v / 256)` scaling. Only `<bbox>`
-  children are used (the official code crashes on any other child of a
-  root child). Negative coordinates keep Python slice semantics as there.
-* `box_gt_map` with `image_size`: box edges are scaled by `size /
-  image_size` and rounded to the nearest pixel edge (`floor(v * s + 0.5)`),
-  then clipped to [0, size].
 * Bootstrap: percentile interval (2.5, 97.5) of the statistic over
   `n_bootstrap` resamples with replacement of the per-sample cIoUs, drawn
   with `np.random.default_rng(seed)`.
@@ -87,10 +65,11 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import os
-import xml.etree.ElementTree as ET
 from typing import Any
 
 import numpy as np
+
+from soundloc_jax.evaluation.resize import resize_bilinear, size_hw
 
 DEFAULT_SIZE = 224
 # Success-curve thresholds exactly as the official code builds them.
@@ -99,108 +78,9 @@ AUC_THRESHOLDS = tuple(0.05 * i for i in range(21))
 # cache-sized (3 MB each); larger blocks are measurably slower.
 _BLOCK = 16
 
-__all__ = [
-    "AUC_THRESHOLDS",
-    "binarize",
-    "box_gt_map",
-    "ciou",
-    "evaluate_maps",
-    "fixed_prediction",
-    "interpolation_matrix",
-    "flickr_boxes",
-    "flickr_gt_map",
-    "localization_map",
-    "median_prediction",
-    "normalize",
-    "overlay_grid",
-    "plot_success_curve",
-    "resize_bilinear",
-    "score_maps",
-    "select_overlay_samples",
-    "summarize",
-    "vggss_gt_map",
-]
-
-
 # ---------------------------------------------------------------------------
 # Resize and normalisation.
 # ---------------------------------------------------------------------------
-
-
-def _size_hw(size) -> tuple[int, int]:
-  if isinstance(size, (tuple, list)):
-    h, w = size
-    return int(h), int(w)
-  return int(size), int(size)
-
-
-def _linear_taps(dst: int, src: int):
-  """OpenCV INTER_LINEAR taps along one axis: (idx0, idx1, w0, w1)."""
-  if dst <= 0 or src <= 0:
-    raise ValueError(f"sizes must be positive, got dst={dst}, src={src}")
-  inv_scale = dst / src  # double, as cv::resize computes it
-  scale = 1.0 / inv_scale
-  f = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(
-      np.float32)
-  s = np.floor(f).astype(np.int64)
-  f = (f - s.astype(np.float32)).astype(np.float32)
-  low = s < 0
-  s[low] = 0
-  f[low] = 0
-  high = s >= src - 1
-  s[high] = src - 1
-  f[high] = 0
-  s1 = np.minimum(s + 1, src - 1)
-  w0 = (np.float32(1) - f).astype(np.float32)
-  return s, s1, w0, f
-
-
-def interpolation_matrix(dst: int, src: int) -> np.ndarray:
-  """The `[dst, src]` float32 matrix of OpenCV's linear resize along an axis.
-
-  `resize_bilinear(m)` equals `A @ m @ B.T` with `A = interpolation_matrix(H,
-  h)`, `B = interpolation_matrix(W, w)` up to float rounding (every row has
-  at most two non-zeros summing to 1).
-  """
-  s0, s1, w0, w1 = _linear_taps(dst, src)
-  m = np.zeros((dst, src), np.float32)
-  rows = np.arange(dst)
-  np.add.at(m, (rows, s0), w0)
-  np.add.at(m, (rows, s1), w1)
-  return m
-
-
-def resize_bilinear(maps, size) -> np.ndarray:
-  """Bilinear resize of `[h, w]` or `[N, h, w]` maps to `size` (int or (H, W)).
-
-  Reproduces OpenCV `cv2.resize(m, (W, H), interpolation=cv2.INTER_LINEAR)`
-  on float32: source coordinate `(dst + 0.5) * (src / dst) - 0.5`, indices
-  below 0 use pixel 0, indices past the end use the last pixel. Horizontal
-  pass then vertical pass, each `a * w0 + b * w1` in float32. Resizing to the
-  same size is the identity. Returns float32.
-  """
-  m = np.asarray(maps, dtype=np.float32)
-  if m.ndim < 2:
-    raise ValueError(f"expected [h, w] or [N, h, w] maps, got shape {m.shape}")
-  out_h, out_w = _size_hw(size)
-  in_h, in_w = m.shape[-2:]
-  if (out_h, out_w) == (in_h, in_w):
-    return m.copy()
-  xs0, xs1, xw0, xw1 = _linear_taps(out_w, in_w)
-  ys0, ys1, yw0, yw1 = _linear_taps(out_h, in_h)
-  # Horizontal pass: [..., h, W].
-  tmp = np.take(m, xs0, axis=-1)
-  tmp *= xw0
-  b = np.take(m, xs1, axis=-1)
-  b *= xw1
-  tmp += b
-  # Vertical pass: [..., H, W].
-  out = np.take(tmp, ys0, axis=-2)
-  out *= yw0[:, None]
-  b = np.take(tmp, ys1, axis=-2)
-  b *= yw1[:, None]
-  out += b
-  return out
 
 
 def _minmax(x: np.ndarray):
@@ -535,7 +415,7 @@ def pointing_hits(responses, gt_maps, size=None, block_size=_BLOCK) -> np.ndarra
     b = min(a + block_size, n)
     peaks = resize_bilinear(resp[a:b], size).reshape(b - a, -1).argmax(axis=1)
     gt = np.asarray(gt_maps[a:b]).reshape(b - a, -1)
-    if gt.shape[1] != _size_hw(size)[0] * _size_hw(size)[1]:
+    if gt.shape[1] != size_hw(size)[0] * size_hw(size)[1]:
       raise ValueError(f"maps resized to {size} do not match gt maps {np.shape(gt_maps[a])}")
     out[a:b] = gt[np.arange(b - a), peaks] > 0
   return out
@@ -552,212 +432,3 @@ def evaluate_maps(responses, gt_maps, protocol="median", size=None,
                  threshold=threshold, order=order)
   return c, summarize(c, success_threshold=success_threshold,
                       n_bootstrap=n_bootstrap, seed=seed)
-
-
-# ---------------------------------------------------------------------------
-# Ground-truth maps.
-# ---------------------------------------------------------------------------
-
-
-def _xml_root(xml_path_or_text):
-  if isinstance(xml_path_or_text, bytes):
-    xml_path_or_text = xml_path_or_text.decode("utf-8")
-  if isinstance(xml_path_or_text, str) and xml_path_or_text.lstrip(
-      ).startswith("<"):
-    return ET.fromstring(xml_path_or_text)
-  return ET.parse(os.fspath(xml_path_or_text)).getroot()
-
-
-def _official_int(text: str) -> int:
-  try:
-    return int(text)
-  except (TypeError, ValueError):
-    return int(float(text))
-
-
-def flickr_boxes(xml_path_or_text, size=DEFAULT_SIZE) -> list[list[int]]:
-  """Annotator boxes `[xmin, ymin, xmax, ymax]` scaled to `size`.
-
-  For each child of the root, each `<bbox>` under it: skip its first child,
-  read the next four as xmin, ymin, xmax, ymax (256-pixel coordinates),
-  each becoming `int(size * v / 256)` with `v = int(text)`.
-  """
-  root = _xml_root(xml_path_or_text)
-  boxes = []
-  for child in root:
-    for node in child:
-      if node.tag != "bbox":
-        continue
-      values = list(node)[1:5]
-      if len(values) < 4:
-        raise ValueError(f"<bbox> with {len(values)} coordinates, expected 4")
-      boxes.append([int(size * _official_int(v.text) / 256) for v in values])
-  return boxes
-
-
-def flickr_gt_map(xml_path_or_text, size=DEFAULT_SIZE) -> np.ndarray:
-  """Flickr-SoundNet consensus map `[size, size]` float32, values 0/0.5/1.
-
-  Each annotator box adds 1 on `[ymin:ymax, xmin:xmax]` (Python slicing);
-  the sum is halved and clipped at 1. Accepts a file path or the XML text.
-  """
-  gt = np.zeros((size, size), np.float32)
-  for x0, y0, x1, y1 in flickr_boxes(xml_path_or_text, size):
-    gt[y0:y1, x0:x1] += 1
-  gt /= 2
-  np.minimum(gt, 1, out=gt)
-  return gt
-
-
-def vggss_gt_map(boxes, size=DEFAULT_SIZE) -> np.ndarray:
-  """VGG-SS binary map `[size, size]` float32 from normalised boxes.
-
-  Each coordinate becomes `int(size * max(v, 0))`; boxes `[x0, y0, x1, y1]`
-  are OR-ed on `[y0:y1, x0:x1]` (inverted boxes are empty, values past
-  `size` clip as slices do).
-  """
-  gt = np.zeros((size, size), np.float32)
-  for box in boxes:
-    x0, y0, x1, y1 = [int(size * max(float(v), 0)) for v in box[:4]]
-    gt[y0:y1, x0:x1] = 1
-  return gt
-
-
-def box_gt_map(boxes_px, size, image_size=None) -> np.ndarray:
-  """Binary map `[size, size]` float32 from half-open pixel boxes.
-
-  `boxes_px`: `[[x0, y0, x1, y1], ...]` in pixels of an `image_size` image
-  (int or (H, W); defaults to `size`). Edges are scaled by `size /
-  image_size`, rounded to the nearest pixel edge and clipped to the map;
-  boxes are OR-ed, inverted boxes are empty.
-  """
-  out_h, out_w = _size_hw(size)
-  img_h, img_w = (out_h, out_w) if image_size is None else _size_hw(
-      image_size)
-  sy, sx = out_h / img_h, out_w / img_w
-  gt = np.zeros((out_h, out_w), np.float32)
-  boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
-  for x0, y0, x1, y1 in boxes:
-    cx0, cx1 = (min(max(math.floor(v * sx + 0.5), 0), out_w) for v in (x0, x1))
-    cy0, cy1 = (min(max(math.floor(v * sy + 0.5), 0), out_h) for v in (y0, y1))
-    gt[cy0:cy1, cx0:cx1] = 1
-  return gt
-
-
-# ---------------------------------------------------------------------------
-# Plots and sample selection.
-# ---------------------------------------------------------------------------
-
-
-def _figure(**kwargs):
-  """A figure that is not registered with pyplot: written with `savefig`,
-  freed by the garbage collector, and it leaves the process's matplotlib
-  backend alone (a notebook keeps showing its own plots)."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  return Figure(**kwargs)
-
-
-def plot_success_curve(summary, path, label=None):
-  """Writes a PNG of the success curve(s); returns `path`.
-
-  `summary`: a `summarize` dict, or a list of them (then `label` is a list).
-  """
-  summaries = summary if isinstance(summary, (list, tuple)) else [summary]
-  labels = label if isinstance(label, (list, tuple)) else [label] * len(
-      summaries)
-  fig = _figure(figsize=(4.5, 3.5), dpi=120)
-  ax = fig.subplots()
-  for s, lab in zip(summaries, labels):
-    theta = s.get("success_threshold", 0.5)
-    text = f"AUC {s['auc']:.3f}, cIoU@{theta:g} {s['ciou']:.3f}"
-    ax.plot(s["thresholds"], s["success_curve"], marker="o", markersize=3,
-            label=f"{lab}: {text}" if lab else text)
-  ax.set_xlabel("cIoU threshold")
-  ax.set_ylabel("success ratio")
-  ax.set_xlim(0, 1)
-  ax.set_ylim(0, 1.02)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, loc="upper right")
-  fig.tight_layout()
-  fig.savefig(path)
-  return path
-
-
-def _blend(image: np.ndarray, heatmap: np.ndarray, alpha: float, cmap):
-  h, w = image.shape[:2]
-  hm = np.asarray(heatmap, np.float32)
-  if hm.shape != (h, w):
-    hm = resize_bilinear(hm, (h, w))
-  colour = cmap(np.clip(hm, 0, 1))[..., :3].astype(np.float32) * 255
-  out = (1 - alpha) * image.astype(np.float32) + alpha * colour
-  return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-def overlay_grid(images, heatmaps, boxes_or_gt, titles, path, ncols=4,
-                 alpha=0.5):
-  """Writes a PNG grid of images with a jet heatmap overlay; returns `path`.
-
-  `images`: uint8 `[N, H, W, 3]`; `heatmaps`: `[N, S, S]` in [0, 1] (resized
-  to the image with `resize_bilinear`); `boxes_or_gt`: None, or per sample
-  None / pixel boxes `[[x0, y0, x1, y1], ...]` (drawn as rectangles) / a 2-D
-  gt map (its 0.5 contour is drawn, resized to the image); `titles`: list of
-  str or None.
-  """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  from matplotlib import patches  # pylint: disable=g-import-not-at-top
-  images = np.asarray(images)
-  n = images.shape[0]
-  ncols = max(1, min(int(ncols), n))
-  nrows = max(1, -(-n // ncols))
-  cmap = matplotlib.colormaps["jet"]
-  fig = _figure(figsize=(2.4 * ncols, 2.6 * nrows), dpi=100)
-  axes = fig.subplots(nrows, ncols, squeeze=False)
-  for ax in axes.ravel():
-    ax.axis("off")
-  for i in range(n):
-    ax = axes[i // ncols, i % ncols]
-    img = images[i]
-    if img.ndim == 2:
-      img = np.repeat(img[..., None], 3, axis=-1)
-    ax.imshow(_blend(img, heatmaps[i], alpha, cmap))
-    extra = None if boxes_or_gt is None else boxes_or_gt[i]
-    if extra is not None:
-      arr = np.asarray(extra, dtype=np.float64)
-      if arr.ndim == 2 and arr.shape[1] != 4:  # a gt map, not [k, 4] boxes
-        gt = resize_bilinear(arr.astype(np.float32), img.shape[:2])
-        if gt.max() > gt.min():
-          ax.contour(gt, levels=[0.5], colors="white", linewidths=1.2)
-      else:
-        for x0, y0, x1, y1 in arr.reshape(-1, 4):
-          ax.add_patch(patches.Rectangle(
-              (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-              edgecolor="lime", linewidth=1.5))
-    if titles is not None and i < len(titles) and titles[i]:
-      ax.set_title(str(titles[i]), fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path)
-  return path
-
-
-def select_overlay_samples(cious, k, seed=0) -> dict[str, np.ndarray]:
-  """Indices for a report grid: `{"best", "worst", "random", "indices"}`.
-
-  `best`: the k highest cIoUs (ties: lower index first), `worst`: the k
-  lowest among the others, `random`: k drawn without replacement from the rest with
-  `np.random.default_rng(seed)` (fewer when the set is small); `indices`
-  concatenates best, worst, random.
-  """
-  c = np.asarray(cious, dtype=np.float64).reshape(-1)
-  k = max(int(k), 0)
-  best = np.argsort(-c, kind="stable")[:k]
-  ascending = np.argsort(c, kind="stable")
-  worst = ascending[~np.isin(ascending, best)][:k]
-  rest = np.setdiff1d(np.arange(c.size), np.concatenate([best, worst]))
-  rng = np.random.default_rng(seed)
-  rand = np.sort(rng.choice(rest, size=min(k, rest.size), replace=False))
-  return {
-      "best": best.astype(np.int64),
-      "worst": worst.astype(np.int64),
-      "random": rand.astype(np.int64),
-      "indices": np.concatenate([best, worst, rand]).astype(np.int64),
-  }
