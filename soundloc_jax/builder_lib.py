@@ -37,7 +37,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from soundloc_jax import audio, input_pipeline, media
-from soundloc_jax.errors import DatasetError
+from soundloc_jax.errors import DatasetError, MediaError
+from soundloc_jax.evaluation.annotations import GT_FORMATS
 
 TRAIN_SHORTER = 246          # int(1.1 * 224): augment_image's resize target
 TEST_SIZE = 224              # LVS test view
@@ -49,7 +50,6 @@ NUM_VALIDATION = 500
 WORKERS_ENV = "SOUNDLOC_BUILD_WORKERS"
 SKIP_BAD_ENV = "SOUNDLOC_BUILD_SKIP_BAD"
 BEAM_ENV = "SOUNDLOC_BUILD_BEAM"
-GT_FORMATS = ("flickr256", "unit", "pixels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +70,8 @@ class Task:
 
 
 # The default training front end: the LVS transform on 3 s (257 x 299), as
-# HardPos (equal to configs.default.LVS_AUDIO; builders_test checks it).
-DEFAULT_AUDIO = dict(kind="lvs_psd", sample_rate=16000, clip_seconds=3.0, nperseg=512,
-                     noverlap=353)
+# HardPos (`audio.LVS_TRAIN`, which configs.default.LVS_AUDIO names too).
+DEFAULT_AUDIO = audio.LVS_TRAIN
 
 
 @dataclasses.dataclass(eq=False)
@@ -251,7 +250,7 @@ def prepare(task: Task, options: BuildOptions) -> dict:
   window = audio.window_around(wave, rate, frame_time, clip)
   spec = audio.log_spectrogram(window, rate, options.audio)
   if not np.all(np.isfinite(spec)):
-    raise media.MediaError(f"{audio_path}: audio gives a non-finite spectrogram")
+    raise MediaError(f"{audio_path}: audio gives a non-finite spectrogram")
   example = {"id": task.id, "spectrogram": spec.astype(np.float16)}
   if task.test:
     example["image"] = encode_image(test_frame(frame), "PNG")
@@ -372,10 +371,10 @@ def read_boxes(path: str) -> tuple:
     boxes = data["boxes"] if isinstance(data, dict) else data
     boxes = [tuple(float(v) for v in b) for b in boxes]
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise media.MediaError(f"{path}: expected {{\"boxes\": [[x0, y0, x1, y1], ...]}} "
+    raise MediaError(f"{path}: expected {{\"boxes\": [[x0, y0, x1, y1], ...]}} "
                            f"({type(e).__name__}: {e})") from e
   if any(len(b) != 4 for b in boxes):
-    raise media.MediaError(f"{path}: every box needs 4 numbers [x0, y0, x1, y1]")
+    raise MediaError(f"{path}: every box needs 4 numbers [x0, y0, x1, y1]")
   return tuple(boxes)
 
 
@@ -411,6 +410,51 @@ def _beam_prepare(task: Task, options: BuildOptions):
   else:
     raise DatasetError(f"{error} (example {key!r}; set skip_bad=True or {SKIP_BAD_ENV}=1 to "
                        "skip bad files and count them)")
+
+
+class RealDataBuilder(tfds.core.GeneratorBasedBuilder):
+  """What every real-data builder shares: version 1.0.0, the common features
+  (`features`, plus the builder's `extra_features()`), the metadata
+  (`metadata` with its `GT_FORMAT` and `extra_metadata()`), and examples
+  prepared from `Task`s (`examples`). A builder sets `GT_FORMAT`, `HOMEPAGE`,
+  its configs and `MANUAL_DOWNLOAD_INSTRUCTIONS`, and writes
+  `_split_generators` -> `{split: self._generate_examples(tasks, options)}`.
+  (Abstract, so TFDS does not register it as a dataset.)"""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  GT_FORMAT = ""
+  HOMEPAGE = None
+
+  def extra_features(self) -> dict:
+    return {}
+
+  def extra_metadata(self) -> dict:
+    return {}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    return self.dataset_info_from_configs(
+        features=features(cfg.audio, self.extra_features()), homepage=self.HOMEPAGE,
+        metadata=metadata(cfg.audio, gt_format=self.GT_FORMAT, **self.extra_metadata()))
+
+  def _generate_examples(self, tasks, options):
+    return examples(tasks, options, self.info.metadata["skipped"])
+
+
+def skip_problems(problems, name: str, manual_dir, layout: str, options: BuildOptions,
+                  skipped: list) -> None:
+  """Problems of a manual_dir (lines starting with the file's path, or `(id,
+  line)` pairs): without `options.skip_bad` the first is a DatasetError that
+  repeats the layout (`missing_files_error`); with it, each is appended to
+  `skipped` as `{"id", "error"}` and logged."""
+  for problem in problems:
+    ident, text = problem if isinstance(problem, tuple) else (
+        os.path.splitext(os.path.basename(problem.split(":")[0]))[0], problem)
+    if not options.skip_bad:
+      raise missing_files_error(name, manual_dir, layout, text)
+    skipped.append({"id": ident, "error": text})
+    log(f"skipped: {text}")
 
 
 def missing_files_error(name: str, manual_dir, layout: str, what: str) -> DatasetError:

@@ -1,6 +1,17 @@
-"""Errors a user can fix; the command line prints them as one line (exit code 2).
+"""Errors a user can fix, all in one place; the command lines print them as one
+line (exit code 2). Anything else is a bug and keeps its traceback.
 
-Anything else is a bug and keeps its traceback.
+Every message names the offending file, key or value. The classes say what
+kind of thing is wrong, so callers can catch one kind:
+  ConfigError               a config value is unknown or inconsistent
+  DatasetError              a dataset is missing or does not match the config
+    MediaError              a media file is missing, corrupt or lacks a stream
+  TrainingError             training cannot go on (non-finite loss, another
+                            run's workdir, ...)
+  WorkdirError              a workdir is missing, incomplete or unusable
+    CheckpointMismatchError a checkpoint of another model than the config's
+    CorruptCheckpointError  a listed checkpoint that cannot be read
+  InputError                an image, waveform or file given to inference
 """
 
 
@@ -16,5 +27,26 @@ class DatasetError(UserError, RuntimeError):
   """A dataset is missing or does not match the config."""
 
 
+class MediaError(DatasetError):
+  """A media file is missing, corrupt or lacks the stream that was asked for."""
+
+
 class TrainingError(UserError, RuntimeError):
   """Training cannot continue (non-finite loss, incompatible workdir, ...)."""
+
+
+class WorkdirError(UserError, RuntimeError):
+  """The workdir is missing, incomplete, or holds no usable checkpoint."""
+
+
+class CheckpointMismatchError(WorkdirError):
+  """The checkpoint does not fit the model that the config describes."""
+
+
+class CorruptCheckpointError(WorkdirError):
+  """A checkpoint folder orbax lists but cannot read (truncated, edited, half-deleted)."""
+
+
+class InputError(UserError, ValueError):
+  """An image, waveform or media file that cannot be localized (wrong shape,
+  dtype, format; empty; missing)."""

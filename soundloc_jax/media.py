@@ -1,33 +1,39 @@
-"""Media decoding for builders and inference: audio and video with PyAV, images with PIL.
+"""Media decoding, the one decoder of the project: builders, inference
+(`localize`) and the notebook read files with it. Audio and video with PyAV,
+images with PIL.
 
-PyAV bundles FFmpeg, so wav/flac/mp3/ogg/m4a and the audio track of
-mp4/mkv/webm/avi all decode on a fresh machine. `read_audio` returns a mono
-float32 waveform (the mean of its channels, optionally resampled to a
-given rate by FFmpeg's resampler) and its sample rate; `read_video_frame` one RGB
-uint8 frame (by default the one at the middle of the video, as VGGSound
-builders take); `read_image` an RGB uint8 image (grayscale, CMYK, palette and
-alpha images are converted, EXIF orientation is ignored as in the peers'
-`PIL.Image.open(...).convert("RGB")`). Every file a user can get wrong --
-missing, empty, corrupt, without the needed stream or without any decodable
-sample -- raises `MediaError` (a `DatasetError`) whose one-line message names
-the file and what is wrong.
+PyAV bundles FFmpeg, so wav/flac/mp3/ogg/m4a/aiff and the audio track of
+mp4/mkv/webm/avi/... all decode on a fresh machine. `read_audio` returns a
+mono float32 waveform (the mean of its channels, optionally resampled to a
+given rate by FFmpeg's resampler) and its sample rate; `read_video_frame` one
+RGB uint8 frame (by default the one at the middle of the video, as VGGSound
+builders take); `read_image` an RGB uint8 image: grayscale, CMYK, palette and
+alpha images are converted (alpha dropped), 16-bit and float images are
+scaled to 0..255; the EXIF orientation is ignored by default, as in the
+peers' `PIL.Image.open(...).convert("RGB")` that the builders follow, and
+applied with `exif_transpose=True` (what a user's photo needs, `localize`);
+`max_megapixels` refuses larger images before decoding them (a
+decompression-bomb guard). Every file a user can get wrong -- missing, empty,
+corrupt, too large, without the needed stream or without any decodable sample
+-- raises `MediaError` (a `DatasetError`) whose one-line message names the
+file and what is wrong. The extension lists say what folders are scanned for
+(`builder_lib.scan_folder`) and what `localize` accepts.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
-from soundloc_jax.errors import DatasetError
+from soundloc_jax.errors import MediaError
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-class MediaError(DatasetError):
-  """A media file is missing, corrupt or lacks the stream that was asked for."""
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".m4a", ".aac", ".opus", ".aif",
+                    ".aiff")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".wmv",
+                    ".flv", ".3gp", ".ts")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def _check_file(path) -> str:
@@ -94,6 +100,8 @@ def read_audio(path, *, start: float | None = None, duration: float | None = Non
   if waveform.size == 0:
     where = "" if not first else f" after {start} s"
     raise MediaError(f"{path}: audio stream has no samples{where}")
+  if not np.all(np.isfinite(waveform)):
+    raise MediaError(f"{path}: audio has NaN or infinite samples")
   return waveform, rate
 
 
@@ -135,12 +143,45 @@ def video_duration(container, stream) -> float:
   return 0.0
 
 
-def read_image(path) -> np.ndarray:
-  """RGB uint8 `[H, W, 3]` of an image file (any mode PIL reads, converted)."""
-  from PIL import Image, UnidentifiedImageError
+def read_image(path, *, exif_transpose: bool = False,
+               max_megapixels: float | None = None) -> np.ndarray:
+  """RGB uint8 `[H, W, 3]` of an image file (any mode PIL reads; module docstring)."""
+  from PIL import Image, ImageOps, UnidentifiedImageError
   path = _check_file(path)
+  limit = None if max_megapixels is None else int(max_megapixels * 1_000_000)
+  old_limit = Image.MAX_IMAGE_PIXELS
+  size = None
   try:
-    with Image.open(path) as image:
-      return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if limit is not None:
+      Image.MAX_IMAGE_PIXELS = limit  # PIL's own guard, for formats that decode eagerly
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(path) as image:
+        size = image.size
+        if limit is not None and size[0] * size[1] > limit:
+          raise Image.DecompressionBombError(f"{size[0]}x{size[1]}")
+        image.load()
+        if exif_transpose:
+          image = ImageOps.exif_transpose(image)
+        return np.asarray(_to_rgb(image), dtype=np.uint8)
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    pixels = f"{size[0]}x{size[1]} pixels" if size else _reason(e)
+    raise MediaError(f"{path}: image is over the {max_megapixels:g} megapixel limit ({pixels}); "
+                     "downscale it first") from None
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
     raise MediaError(f"{path}: not a readable image ({_reason(e)})") from e
+  finally:
+    Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def _to_rgb(image):
+  """RGB PIL image: 16-bit / float modes scaled to 0..255 (their maximum, or 255
+  if below), a palette with transparency through RGBA (alpha then dropped)."""
+  from PIL import Image
+  if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    x = np.asarray(image, np.float64)
+    top = x.max() if x.size and x.max() > 255 else 255.0
+    image = Image.fromarray(np.clip(x / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+  if image.mode == "P" and "transparency" in image.info:
+    image = image.convert("RGBA")
+  return image.convert("RGB")

@@ -30,9 +30,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import tensorflow_datasets as tfds
-
-from soundloc_jax import builder_lib, evaluation, media
+from soundloc_jax import builder_lib, media
+from soundloc_jax.errors import MediaError
+from soundloc_jax.evaluation import annotations
 
 LAYOUT = """frames/<id>.jpg, audio/<id>.wav (or .flac/.mp3/.mp4...), the training list
 flickr_10k.txt | flickr_20k.txt | flickr_144k.txt (one id per line), flickr_test.txt (250
@@ -61,21 +61,17 @@ def _test_ids(manual_dir: str) -> list[str]:
   return []
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(builder_lib.RealDataBuilder):
   """Flickr-SoundNet frames + sounds (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  GT_FORMAT = "flickr256"
+  HOMEPAGE = "https://github.com/ardasnck/learning_to_localize_sound_source"
   MANUAL_DOWNLOAD_INSTRUCTIONS = "manual_dir holds " + LAYOUT
   BUILDER_CONFIGS = [_config("10k"), _config("20k"), _config("144k")]
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    return self.dataset_info_from_configs(
-        features=builder_lib.features(cfg.audio),
-        homepage="https://github.com/ardasnck/learning_to_localize_sound_source",
-        metadata=builder_lib.metadata(cfg.audio, gt_format="flickr256", list_file=cfg.list_file,
-                                      missing_test_ids=[], test_ids_removed_from_train=0))
+  def extra_metadata(self) -> dict:
+    return dict(list_file=self.builder_config.list_file, missing_test_ids=[],
+                test_ids_removed_from_train=0)
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
@@ -123,11 +119,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         continue
       try:
         # The XML numbers as the official reader takes them (size 256: unscaled).
-        boxes = tuple(tuple(b) for b in evaluation.flickr_boxes(xml, size=256))
+        boxes = tuple(tuple(b) for b in annotations.flickr_boxes(xml, size=256))
       except Exception as e:  # ParseError, ValueError: a user's file
-        raise media.MediaError(f"{xml}: not a readable annotation ({type(e).__name__}: {e})") from e
+        raise MediaError(f"{xml}: not a readable annotation ({type(e).__name__}: {e})") from e
       tasks.append(builder_lib.Task(id=i, image=image, audio=sound, test=True, gt_boxes=boxes))
     return tasks, missing
-
-  def _generate_examples(self, tasks, options):
-    return builder_lib.examples(tasks, options, self.info.metadata["skipped"])

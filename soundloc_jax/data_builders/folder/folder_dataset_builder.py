@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import os
 
-import tensorflow_datasets as tfds
-
 from soundloc_jax import builder_lib
 
 LAYOUT = """<id>.jpg|.jpeg|.png (frame, optional with a video) + <id>.wav|.flac|.mp3|.mp4|.mkv|...
@@ -35,20 +33,13 @@ LAYOUT = """<id>.jpg|.jpeg|.png (frame, optional with a video) + <id>.wav|.flac|
 split], all in manual_dir itself"""
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(builder_lib.RealDataBuilder):
   """Frames + sounds from a plain folder (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  GT_FORMAT = "pixels"
   MANUAL_DOWNLOAD_INSTRUCTIONS = "manual_dir holds " + LAYOUT
   BUILDER_CONFIGS = [builder_lib.RealDataConfig(
       name="default", description="LVS front end on 3 s (257x299).")]
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    return self.dataset_info_from_configs(
-        features=builder_lib.features(cfg.audio),
-        metadata=builder_lib.metadata(cfg.audio, gt_format="pixels"))
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
@@ -57,13 +48,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       raise builder_lib.missing_files_error("folder", manual_dir, LAYOUT, "no such directory")
     train, test, problems = builder_lib.scan_folder(manual_dir)
     options = builder_lib.resolve_options(cfg, box_space="original")
-    skipped = self.info.metadata["skipped"]
-    for problem in problems:
-      if not options.skip_bad:
-        raise builder_lib.missing_files_error("folder", manual_dir, LAYOUT, problem)
-      skipped.append({"id": os.path.splitext(os.path.basename(problem.split(":")[0]))[0],
-                      "error": problem})
-      builder_lib.log(f"skipped: {problem}")
+    builder_lib.skip_problems(problems, "folder", manual_dir, LAYOUT, options,
+                              self.info.metadata["skipped"])
     if not train:
       raise builder_lib.missing_files_error("folder", manual_dir, LAYOUT,
                                             "no unannotated (training) example")
@@ -71,7 +57,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if test:
       splits["test"] = test
     return {name: self._generate_examples(tasks, options) for name, tasks in splits.items()}
-
-  def _generate_examples(self, tasks, options):
-    return builder_lib.examples(tasks, options, self.info.metadata["skipped"])
 

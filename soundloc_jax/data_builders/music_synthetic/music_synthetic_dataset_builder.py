@@ -25,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import tensorflow_datasets as tfds
-
 from soundloc_jax import builder_lib
 
 LAYOUT = """train/<id>.jpg|png + <id>.wav|flac|... (grid image + mixed 1-s sound) and test/ with
@@ -34,20 +32,13 @@ the same plus <id>.json {"boxes": [[x0, y0, x1, y1], ...]} (sounding cells, grid
 MUSIC_AUDIO = dict(builder_lib.DEFAULT_AUDIO, clip_seconds=1.0)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(builder_lib.RealDataBuilder):
   """Pre-composed 2x2 instrument grids (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  GT_FORMAT = "pixels"
   MANUAL_DOWNLOAD_INSTRUCTIONS = "manual_dir holds " + LAYOUT
   BUILDER_CONFIGS = [builder_lib.RealDataConfig(
       name="default", audio=dict(MUSIC_AUDIO), description="LVS front end on 1 s (257x98).")]
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    return self.dataset_info_from_configs(
-        features=builder_lib.features(cfg.audio),
-        metadata=builder_lib.metadata(cfg.audio, gt_format="pixels"))
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
@@ -58,22 +49,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         raise builder_lib.missing_files_error("music_synthetic", manual_dir, LAYOUT,
                                               f"no {split}/ folder")
     options = builder_lib.resolve_options(cfg, box_space="original")
-    skipped = self.info.metadata["skipped"]
     train, annotated, train_problems = builder_lib.scan_folder(folders["train"])
     # Boxes are not used for training: a train/<id>.json is ignored.
     train += [dataclasses.replace(t, test=False, gt_boxes=()) for t in annotated]
     unannotated, test, test_problems = builder_lib.scan_folder(folders["test"])
     problems = train_problems + test_problems + [
         f"{t.image or t.video}: test grid without {t.id}.json boxes" for t in unannotated]
-    for problem in problems:
-      if not options.skip_bad:
-        raise builder_lib.missing_files_error("music_synthetic", manual_dir, LAYOUT, problem)
-      skipped.append({"id": os.path.splitext(os.path.basename(problem.split(":")[0]))[0],
-                      "error": problem})
-      builder_lib.log(f"skipped: {problem}")
+    builder_lib.skip_problems(problems, "music_synthetic", manual_dir, LAYOUT, options,
+                              self.info.metadata["skipped"])
     splits = builder_lib.train_validation_tasks(train, cfg.num_validation)
     splits["test"] = test
     return {name: self._generate_examples(t, options) for name, t in splits.items()}
-
-  def _generate_examples(self, tasks, options):
-    return builder_lib.examples(tasks, options, self.info.metadata["skipped"])

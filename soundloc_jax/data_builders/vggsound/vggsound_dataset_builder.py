@@ -30,8 +30,6 @@ import dataclasses
 import json
 import os
 
-import tensorflow_datasets as tfds
-
 from soundloc_jax import builder_lib, media
 
 LAYOUT = """video/<id>.mp4 clips, optional vggsound.csv (youtube_id,start_seconds,label,split;
@@ -59,11 +57,11 @@ def vggss_ids(path: str) -> set[str]:
     return {str(item["file"]) for item in json.load(f)}
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(builder_lib.RealDataBuilder):
   """VGGSound training clips (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  GT_FORMAT = "unit"
+  HOMEPAGE = "https://www.robots.ox.ac.uk/~vgg/data/vggsound/"
   MANUAL_DOWNLOAD_INSTRUCTIONS = "manual_dir holds " + LAYOUT
   BUILDER_CONFIGS = [
       VggSoundConfig(name="full", description="vggsound.csv train rows (or every clip)."),
@@ -71,13 +69,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                      description="The 144k subset of manual_dir/vggsound_144k.txt."),
   ]
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    return self.dataset_info_from_configs(
-        features=builder_lib.features(cfg.audio),
-        homepage="https://www.robots.ox.ac.uk/~vgg/data/vggsound/",
-        metadata=builder_lib.metadata(cfg.audio, gt_format="unit", list_file=cfg.list_file,
-                                      vggss_ids_removed=0))
+  def extra_metadata(self) -> dict:
+    return dict(list_file=self.builder_config.list_file, vggss_ids_removed=0)
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
@@ -104,19 +97,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       meta["vggss_ids_removed"] = len(ids) - len(kept)
       ids = kept
     options = builder_lib.resolve_options(cfg)
-    tasks = []
+    tasks, problems = [], []
     for i in ids:
       video = builder_lib.find_file(video_dir, i, media.VIDEO_EXTENSIONS)
       if video:
         tasks.append(builder_lib.Task(id=i, video=video))
-        continue
-      problem = f"{os.path.join(video_dir, i)}.mp4: missing clip of listed id {i!r}"
-      if not options.skip_bad:
-        raise builder_lib.missing_files_error("vggsound", manual_dir, LAYOUT, problem)
-      meta["skipped"].append({"id": i, "error": problem})
-      builder_lib.log(f"skipped: {problem}")
+      else:
+        problems.append((i, f"{os.path.join(video_dir, i)}.mp4: missing clip of listed id {i!r}"))
+    builder_lib.skip_problems(problems, "vggsound", manual_dir, LAYOUT, options, meta["skipped"])
     splits = builder_lib.train_validation_tasks(tasks, cfg.num_validation)
     return {name: self._generate_examples(t, options) for name, t in splits.items()}
-
-  def _generate_examples(self, tasks, options):
-    return builder_lib.examples(tasks, options, self.info.metadata["skipped"])

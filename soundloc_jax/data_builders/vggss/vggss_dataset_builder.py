@@ -13,7 +13,7 @@ Layout of `manual_dir` (the user's copy; nothing is downloaded)::
 One split, `test`: the test view (shorter side 224, centre crop), the
 training front end's `spectrogram` (3 s around the middle), `waveform` (the
 first 10 s at 16 kHz, int16, for the LVS test front end), `gt_boxes` = the
-json's numbers unchanged (`gt_format="unit"`: `evaluation.vggss_gt_map`
+json's numbers unchanged (`gt_format="unit"`: `evaluation.annotations.vggss_gt_map`
 clamps negatives, ORs the boxes and keeps inverted/out-of-range ones as the
 official code does) and `class_name`. Ids whose media are missing are left
 out and reported (count and ids in `info.metadata["missing_test_ids"]`);
@@ -28,6 +28,7 @@ import os
 import tensorflow_datasets as tfds
 
 from soundloc_jax import builder_lib, media
+from soundloc_jax.errors import MediaError
 
 LAYOUT = """vggss.json ([{"file": id, "class": name, "bbox": [[x0, y0, x1, y1], ...]}, ...]) and
 per id either video/<id>.mp4 or frames/<id>.jpg + audio/<id>.wav"""
@@ -41,26 +42,25 @@ def read_annotations(path: str) -> list[tuple[str, str, tuple]]:
     out = [(str(it["file"]), str(it.get("class", "")),
             tuple(tuple(float(v) for v in box[:4]) for box in it["bbox"])) for it in items]
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise media.MediaError(f"{path}: expected a list of {{\"file\", \"class\", \"bbox\"}} "
-                           f"entries ({type(e).__name__}: {e})") from e
+    raise MediaError(f"{path}: expected a list of {{\"file\", \"class\", \"bbox\"}} "
+                     f"entries ({type(e).__name__}: {e})") from e
   return out
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(builder_lib.RealDataBuilder):
   """VGG-SS test clips with boxes (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  GT_FORMAT = "unit"
+  HOMEPAGE = "https://www.robots.ox.ac.uk/~vgg/research/lvs/"
   MANUAL_DOWNLOAD_INSTRUCTIONS = "manual_dir holds " + LAYOUT
   BUILDER_CONFIGS = [builder_lib.RealDataConfig(
       name="default", description="Test view + LVS front end on 3 s + 10 s waveform.")]
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    return self.dataset_info_from_configs(
-        features=builder_lib.features(cfg.audio, extra={"class_name": tfds.features.Text()}),
-        homepage="https://www.robots.ox.ac.uk/~vgg/research/lvs/",
-        metadata=builder_lib.metadata(cfg.audio, gt_format="unit", missing_test_ids=[]))
+  def extra_features(self) -> dict:
+    return {"class_name": tfds.features.Text()}
+
+  def extra_metadata(self) -> dict:
+    return dict(missing_test_ids=[])
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
@@ -90,6 +90,3 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       builder_lib.log(f"{len(missing)} vggss.json ids have no media and are left out: "
                       + ", ".join(missing))
     return {"test": self._generate_examples(tasks, builder_lib.resolve_options(cfg))}
-
-  def _generate_examples(self, tasks, options):
-    return builder_lib.examples(tasks, options, self.info.metadata["skipped"])
