@@ -1,10 +1,16 @@
 """soundloc_jax: unsupervised visual sound source localization in JAX/Flax NNX.
 
-Modules: `audio` (waveform -> log spectrogram), `models` (ResNet-18 streams,
-`AVModel`), `losses` (ICL Eq. 1-7, batched), `methods` (name -> loss
-registry), `input_pipeline` (grain over TFDS array_record), `train` (loop,
-teacher refresh, checkpoints), `evaluation` (official cIoU/AUC protocol),
-`evaluator` (scoring a model on a split), `main` (command line).
+Layers, bottom up: `errors`, `audio` (waveform -> log spectrogram), `media`
+(the one decoder), `models` (ResNet-18 streams, `AVModel`), `methods` (one
+module per method: losses, registry entries), `evaluation` (the official
+protocol, ground truth, evaluators, plots), `input_pipeline` (grain over TFDS
+array_record), `data` (datasets of a run), `checkpointing`, `workdir`
+(records, metrics writer), `state` (train state, optimizer, predict
+functions); then `train` (the loop), `evaluate` (test scoring), `inference`
+(`load(workdir)` -> Localizer); and the command lines `main`, `localize`,
+`mine`, `tfds_build`. `configs` and `data_builders` are the configs and TFDS
+builders. There are no import cycles, and methods, evaluation, models and
+media never import the loop, the workdir or inference (tests/imports_test.py).
 """
 
 __version__ = "0.1.0"

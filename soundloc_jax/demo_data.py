@@ -1,6 +1,6 @@
 """The embedded demo dataset `av_digits`: where it lives and building it on demand.
 
-`av_digits` (see `data_builders/av_digits/av_digits_dataset_builder.py`) is
+`av_digits` (see `soundloc_jax/data_builders/av_digits/av_digits_dataset_builder.py`) is
 generated offline in seconds, so the demo and the tests build it on first use::
 
   from soundloc_jax import demo_data
@@ -24,7 +24,8 @@ The same dataset from the command line::
 from __future__ import annotations
 
 import os
-import sys
+
+from absl import logging
 
 DATA_DIR_ENV = "SOUNDLOC_DATA_DIR"
 DEMO_NAME = "av_digits"
@@ -80,7 +81,7 @@ def ensure_built(data_dir: str, name: str = DEMO_NAME) -> None:
                          "array_record: delete it (or pick another data_dir) and rebuild")
     return
   sizes = builder.builder_config.sizes
-  print(f"soundloc_jax: building demo dataset {full} ({sum(sizes.values())} examples, "
-        f"generated offline, ~10-30 s) into {builder.data_dir}", file=sys.stderr, flush=True)
+  logging.info("soundloc_jax: building demo dataset %s (%d examples, generated offline, "
+               "~10-30 s) into %s", full, sum(sizes.values()), builder.data_dir)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=os.path.join(data_dir, "manual")))

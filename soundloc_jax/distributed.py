@@ -1,4 +1,5 @@
-"""Multi-host helpers: process start-up and global batches from per-process data.
+"""Process-level set-up: multi-host start-up, which process writes, global
+batches from per-process data, and the persistent compilation cache.
 
 One code path for every topology: `train_and_evaluate` builds a 1-D 'data'
 mesh over `jax.devices()` (all devices of all processes), replicates the state
@@ -16,6 +17,9 @@ or with the arguments left empty, from the environment:
 `SOUNDLOC_COORDINATOR_ADDRESS`, `SOUNDLOC_NUM_PROCESSES`, `SOUNDLOC_PROCESS_ID`
 (or a cluster JAX detects by itself: SLURM, Open MPI, Cloud TPU, ...; set
 `SOUNDLOC_DISTRIBUTED=auto` to ask for that).
+
+Process 0 writes the run's files (`is_primary`); the others compute the same
+values and write nothing (orbax coordinates the checkpoint writes itself).
 """
 
 from __future__ import annotations
@@ -34,6 +38,22 @@ _ENV_ADDRESS = "SOUNDLOC_COORDINATOR_ADDRESS"
 _ENV_NUM = "SOUNDLOC_NUM_PROCESSES"
 _ENV_ID = "SOUNDLOC_PROCESS_ID"
 _ENV_AUTO = "SOUNDLOC_DISTRIBUTED"
+_ENV_CACHE = "SOUNDLOC_XLA_CACHE"
+
+
+def enable_compilation_cache(path: str | None = None) -> None:
+  """Persistent XLA cache (`path`, else $SOUNDLOC_XLA_CACHE, else
+  ~/.cache/soundloc_jax/xla), so reruns and tests do not recompile a step."""
+  path = path or os.environ.get(_ENV_CACHE, os.path.expanduser("~/.cache/soundloc_jax/xla"))
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def is_primary() -> bool:
+  """Whether this process writes the run's files (records, metrics, reports,
+  plots): process 0."""
+  return jax.process_index() == 0
 
 
 def initialize_from_env_or_flags(coordinator_address: str | None = None,

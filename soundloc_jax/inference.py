@@ -5,10 +5,11 @@
   heat = loc.localize(image, waveform, sample_rate)  # [S, S] in [0, 1]
   x, y = loc.peak(heat, image.shape)                 # pixel in `image`
 
-`load(workdir, step=None)` reads `workdir/config.json` (written by training),
-rebuilds the model exactly as the trainer does (`train.create_train_state`),
-restores the checkpoint (the latest unless `step` is given) and keeps the
-student's parameters and batch statistics only.
+`load(workdir, step=None)` reads `workdir/config.json` (written by training;
+`workdir.read_config`), rebuilds the model exactly as the trainer does
+(`state.create_model_state`) and restores the student's parameters and batch
+statistics from the checkpoint (the latest unless `step` is given): the
+checkpoint's model item alone, no optimizer is built.
 
 What `Localizer.localize` does to its inputs is what the evaluator does to a
 test example, so a heatmap here equals the evaluator's for the same inputs:
@@ -20,47 +21,30 @@ test example, so a heatmap here equals the evaluator's for the same inputs:
     soundfile returns it or `[c, n]` as librosa does is averaged over
     channels; integer PCM is scaled to [-1, 1]) ->
     `audio.log_spectrogram(waveform, sample_rate, config.audio)`;
-  * `train.make_predict_fn` (eval-mode forward) -> `response` `[h, w]`;
-  * `evaluation.localization_map(response, S)`: bilinear upsampling to S x S
+  * `state.make_predict_fn` (eval-mode forward) -> `response` `[h, w]`;
+  * `evaluation.protocol.localization_map(response, S)`: bilinear upsampling to S x S
     and min-max normalisation, the protocol's heatmap.
 The heatmap covers the centre crop only; `peak` and `crop_box` map it back to
 the original image's pixels.
 
 Errors a user can fix (missing workdir, config or checkpoint; a checkpoint of
 a different model; a bad image or waveform) raise `soundloc_jax.errors.UserError`
-subclasses whose message names the path or argument.
+subclasses (`WorkdirError`, `CheckpointMismatchError`, `CorruptCheckpointError`,
+`InputError`) whose message names the path or argument.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Mapping
 
 import numpy as np
 
-from soundloc_jax.errors import ConfigError, UserError
+from soundloc_jax.errors import ConfigError, InputError, WorkdirError
 
 # Audio beyond the front end's clip (plus this margin, for the resampler's
 # filter) cannot change the spectrogram; longer inputs are cut before resampling.
 RESAMPLE_MARGIN_SECONDS = 1.0
-
-
-class WorkdirError(UserError, RuntimeError):
-  """The workdir is missing, incomplete, or holds no usable checkpoint."""
-
-
-class CheckpointMismatchError(WorkdirError):
-  """The checkpoint does not fit the model that config.json describes."""
-
-
-class CorruptCheckpointError(WorkdirError):
-  """A checkpoint folder orbax lists but cannot read (truncated, edited, half-deleted)."""
-
-
-class InputError(UserError, ValueError):
-  """An image or waveform that cannot be localized (wrong shape, dtype, empty)."""
 
 
 # ----------------------------------------------------------------------------
@@ -163,6 +147,12 @@ def to_mono_float(waveform) -> np.ndarray:
   return x
 
 
+def seconds_needed(audio_config) -> float:
+  """Seconds of audio at any rate that can affect the spectrogram (what a file
+  reader needs to decode): the front end's clip plus the resampler's margin."""
+  return float(audio_config.clip_seconds) + RESAMPLE_MARGIN_SECONDS
+
+
 def samples_needed(audio_config, sample_rate: float) -> int:
   """Samples at `sample_rate` that can affect the spectrogram: the front end's
   clip, plus a margin for the resampler when the rate differs."""
@@ -176,104 +166,12 @@ def samples_needed(audio_config, sample_rate: float) -> int:
 # Loading
 # ----------------------------------------------------------------------------
 
-def read_config(workdir: str):
-  """`workdir/config.json` as an `ml_collections.ConfigDict`."""
-  import ml_collections
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise WorkdirError(f"{path} not found: {workdir} is not a training workdir "
-                       "(training writes config.json and checkpoints/ there)")
-  try:
-    with open(path) as f:
-      data = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise WorkdirError(f"cannot read {path}: {e}") from e
-  if not isinstance(data, dict):
-    raise WorkdirError(f"{path}: expected a JSON object (the training config)")
-  config = ml_collections.ConfigDict(data)
-  for key in ("seed", "dataset.image_size", "audio.kind", "audio.sample_rate",
-              "audio.clip_seconds", "model.width", "model.layer4_stride",
-              "model.compute_dtype", "optimizer.name"):
-    node = config
-    for part in key.split("."):
-      if not isinstance(node, (Mapping, ml_collections.ConfigDict)) or part not in node:
-        raise WorkdirError(f"{path} has no field {key!r}; was it written by soundloc_jax training?")
-      node = node[part]
-  return config
-
-
-def _tree_shapes(tree, prefix="") -> dict:
-  """`{dotted path: shape}` over nested dicts / sequences / namedtuples / orbax metadata."""
-  out = {}
-  if hasattr(tree, "shape") and not isinstance(tree, (Mapping, list, tuple)):
-    out[prefix] = tuple(tree.shape)
-    return out
-  if hasattr(tree, "_fields"):
-    items = [(f, getattr(tree, f)) for f in tree._fields]
-  elif isinstance(tree, (list, tuple)):
-    items = list(enumerate(tree))
-  elif hasattr(tree, "keys"):
-    items = [(k, tree[k]) for k in tree.keys()]
-  else:
-    out[prefix] = None
-    return out
-  for k, v in items:
-    out.update(_tree_shapes(v, f"{prefix}.{k}" if prefix else str(k)))
-  return out
-
-
-def _field_for(path: str) -> str:
-  if path.startswith("opt_state"):
-    return "optimizer.name / optimizer.grad_clip_norm (the optimizer state differs)"
-  if path.startswith(("params", "batch_stats", "teacher")):
-    return "model.width"
-  return "the training config"
-
-
-def _diagnose_mismatch(state_dir: str, abstract_state, config,
-                       structure: bool = True, source: str = "config.json") -> str | None:
-  """A sentence naming what differs between the checkpoint and `source` (the
-  config's name in the message), or None.
-
-  Shapes are compared always; with `structure`, entries present on one side
-  only as well (used once a restore has failed: empty optimizer states show
-  up on one side only, so structure alone cannot prove a mismatch)."""
-  import orbax.checkpoint as ocp
-  from etils import epath
-  handler = ocp.StandardCheckpointHandler()  # the item's own metadata, no step files
-  try:
-    meta = handler.metadata(epath.Path(state_dir))
-  finally:
-    handler.close()
-  stored = {k: v for k, v in _tree_shapes(getattr(meta, "item_metadata", meta)).items()
-            if v is not None}
-  wanted = {k: v for k, v in _tree_shapes(abstract_state).items() if v is not None}
-  conv1 = stored.get("params.visual.conv1.kernel")
-  width = conv1[-1] if conv1 else None
-  if width is not None and width != config.model.width:
-    return (f"the checkpoint was trained with model.width={width}, but {source} "
-            f"says model.width={config.model.width}")
-  checks = [("shape differs", sorted(k for k in set(wanted) & set(stored)
-                                     if wanted[k] != stored[k]))]
-  if structure:
-    checks += [("missing from the checkpoint", sorted(set(wanted) - set(stored))),
-               ("not in the model", sorted(set(stored) - set(wanted)))]
-  for label, paths in checks:
-    if paths:
-      first = paths[0]
-      detail = (f" (checkpoint {stored[first]}, model {wanted[first]})"
-                if label == "shape differs" else "")
-      return (f"{len(paths)} entr{'y' if len(paths) == 1 else 'ies'} {label}, e.g. {first}"
-              f"{detail}; check {source}'s {_field_for(first)}")
-  return None
-
-
 class Localizer:
   """A trained student, ready to localize: see the module docstring."""
 
   def __init__(self, config, graphdef, params, batch_stats, *, workdir: str = "",
                step: int | None = None, meta: dict | None = None):
-    from soundloc_jax import train
+    from soundloc_jax import state
     self.config = config
     self.graphdef = graphdef
     self.params = params
@@ -282,7 +180,7 @@ class Localizer:
     self.step = step
     self.meta = dict(meta or {})
     self.image_size = int(config.dataset.image_size)
-    self._predict = train.make_predict_fn(graphdef)
+    self._predict = state.make_predict_fn(graphdef)
 
   def __repr__(self):
     return (f"Localizer(workdir={self.workdir!r}, step={self.step}, "
@@ -315,10 +213,10 @@ class Localizer:
 
   def localize(self, image, waveform, sample_rate) -> np.ndarray:
     """Heatmap `[S, S]` in [0, 1] over the centre crop (the protocol's
-    `evaluation.localization_map` of the response)."""
-    from soundloc_jax import evaluation
-    return evaluation.localization_map(self.response(image, waveform, sample_rate),
-                                       size=self.image_size)
+    `localization_map` of the response)."""
+    from soundloc_jax.evaluation import protocol
+    return protocol.localization_map(self.response(image, waveform, sample_rate),
+                                     size=self.image_size)
 
   def peak(self, heatmap, image_shape=None) -> tuple[int, int]:
     """`(x, y)` of the heatmap's maximum in the original image (see `peak`)."""
@@ -331,7 +229,8 @@ class Localizer:
 
 def load(workdir: str, step: int | None = None) -> Localizer:
   """The student of `workdir`'s checkpoint `step` (latest by default)."""
-  from soundloc_jax import train
+  from soundloc_jax import checkpointing, state
+  from soundloc_jax import workdir as workdir_lib
   if not workdir:
     raise WorkdirError("no workdir given")
   workdir = os.path.abspath(os.path.expanduser(str(workdir)))
@@ -339,7 +238,7 @@ def load(workdir: str, step: int | None = None) -> Localizer:
     raise WorkdirError(f"workdir {workdir} does not exist")
   if not os.path.isdir(workdir):
     raise WorkdirError(f"workdir {workdir} is not a directory")
-  config = read_config(workdir)
+  config = workdir_lib.read_config(workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   # Checked first: the checkpoint manager would create the folder.
   if not os.path.isdir(ckpt_dir):
@@ -347,77 +246,13 @@ def load(workdir: str, step: int | None = None) -> Localizer:
                        "train first, or point --workdir at a trained run")
   config_json = os.path.join(workdir, "config.json")
   try:
-    optimizer = train.make_optimizer(config)
-    # Every weight comes from the checkpoint: the init_visual folder a run
-    # started from is not needed (it may be gone).
-    graphdef, abstract = train.create_train_state(config, optimizer, pretrained=False)
+    graphdef, abstract = state.create_model_state(config)
   except ConfigError as e:
     raise WorkdirError(f"{config_json}: {e}") from e
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     raise WorkdirError(f"{config_json} does not describe a model this version can build "
                        f"({type(e).__name__}: {e})") from e
-  state, meta, step = restore_checkpoint(ckpt_dir, config, abstract, step=step,
-                                         source=config_json)
-  params, batch_stats = state["params"], state["batch_stats"]
-  del state, abstract
-  return Localizer(config, graphdef, params, batch_stats, workdir=workdir, step=step, meta=meta)
-
-
-def restore_checkpoint(ckpt_dir: str, config, abstract_state, step: int | None = None,
-                       source: str = "config.json"):
-  """`(state, meta, step)`: checkpoint `step` (the latest by default) of `ckpt_dir`
-  restored into `abstract_state`, the train state `config` builds; `source`
-  names that config in messages. The one restore path of `load`,
-  `--mode=eval` and resuming (`train`), so a mismatch reads the same everywhere:
-  `CheckpointMismatchError` when the checkpoint is of another model (what
-  differs is named), `CorruptCheckpointError` when it cannot be read although
-  its structure fits, `WorkdirError` when there is no such step."""
-  from soundloc_jax import checkpointing
-  ckpt = checkpointing.Checkpointer(ckpt_dir)
-  try:
-    steps = ckpt.all_steps()
-    if not steps:
-      raise WorkdirError(f"no checkpoint in {ckpt_dir}; train first, or point --workdir "
-                         "at a trained run")
-    if step is None:
-      step = ckpt.latest_step()
-    elif int(step) not in steps:
-      raise WorkdirError(f"no checkpoint step {step} in {ckpt_dir}; available steps: "
-                         f"{', '.join(str(s) for s in sorted(steps))}")
-    step = int(step)
-    state_dir = os.path.join(ckpt_dir, str(step), "state")
-    what = f"checkpoint step {step} in {ckpt_dir}"
-    # Shapes are checked against the checkpoint's metadata first: a restore
-    # with wrong shapes fails in orbax's async readers, which then log every
-    # failed array to stderr.
-    try:
-      why = _diagnose_mismatch(state_dir, abstract_state, config, structure=False,
-                               source=source)
-    except Exception:  # best effort; the restore below still checks everything
-      why = None
-    if why:
-      raise CheckpointMismatchError(f"{what} does not fit the model described by {source}: "
-                                    f"{why}")
-    failure = None
-    try:
-      state, meta = ckpt.restore(step, abstract_state)
-    except Exception as e:  # orbax raises ValueError and others on a mismatch
-      # Only the text is kept: the exception's frames hold orbax's async
-      # machinery, which complains if it is finalised after its event loop.
-      text = str(e).strip()
-      failure = f"{type(e).__name__}: {text.splitlines()[0][:300] if text else 'no details'}"
-    if failure is not None:
-      try:
-        why = _diagnose_mismatch(state_dir, abstract_state, config, source=source)
-      except Exception:  # unreadable metadata: the checkpoint itself is damaged
-        why = None
-      if why:
-        raise CheckpointMismatchError(f"{what} does not fit the model described by {source}: "
-                                      f"{why} (restore said: {failure})")
-      raise CorruptCheckpointError(
-          f"{what} cannot be read ({failure}): it is incomplete or corrupted (or written by "
-          f"another version); use an earlier step (available: "
-          f"{', '.join(str(s) for s in sorted(steps))}) or delete that folder")
-  finally:
-    ckpt.close()
-  return state, meta, step
+  model, meta, step = checkpointing.restore_checkpoint(ckpt_dir, config, abstract, step=step,
+                                                       source=config_json)
+  return Localizer(config, graphdef, model["params"], model["batch_stats"], workdir=workdir,
+                   step=step, meta=meta)

@@ -11,12 +11,15 @@ also scores the test splits at the end; or `eval`, which scores the latest or
 incompatible workdir, bad config value) are printed as one line, exit code 2.
 """
 
+import logging as std_logging
 import os
 import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/iterative.py[:PRESET]; a configs/NAME.py that "
@@ -50,7 +53,7 @@ def packaged_config_path(value: str) -> str:
   path, colon, arg = value.partition(":")
   if os.path.exists(path) or not path.startswith("configs/"):
     return value
-  packaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), path)
+  packaged = os.path.join(_PACKAGE_DIR, path)
   return packaged + colon + arg if os.path.exists(packaged) else value
 
 
@@ -83,22 +86,50 @@ def parse_flags(argv):
     sys.exit(2)
 
 
+class _LibraryLines(std_logging.Formatter):
+  """soundloc_jax's own log lines print as plain lines (warnings as `warning:
+  ...`); other libraries' keep absl's format."""
+
+  def __init__(self, absl_formatter):
+    super().__init__()
+    self.absl_formatter = absl_formatter
+
+  def format(self, record):
+    if not _is_ours(record):
+      return self.absl_formatter.format(record)
+    prefix = {std_logging.WARNING: "warning: ", std_logging.ERROR: "error: "}
+    return prefix.get(record.levelno, "") + record.getMessage()
+
+
+def _is_ours(record) -> bool:
+  return os.path.abspath(record.pathname).startswith(_PACKAGE_DIR + os.sep)
+
+
+def _configure_logging() -> None:
+  """Info lines of soundloc_jax (absl.logging) are shown; those of orbax and
+  TFDS, which drown the progress, are not; warnings of all are."""
+  handler = logging.get_absl_handler()
+  handler.setFormatter(_LibraryLines(handler.python_handler.formatter))
+  handler.addFilter(lambda r: r.levelno >= std_logging.WARNING or _is_ours(r))
+  logging.set_verbosity(logging.INFO)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # Imported here so `--help` and flag errors stay fast.
-  from soundloc_jax import distributed, train
+  from soundloc_jax import distributed, evaluate, train
   from soundloc_jax.errors import UserError
-  logging.set_verbosity(logging.WARNING)  # orbax / TFDS info lines drown the progress
-  train.enable_compilation_cache()
+  _configure_logging()
+  distributed.enable_compilation_cache()
   try:
     distributed.initialize_from_env_or_flags(_COORDINATOR.value, _NUM_PROCESSES.value,
                                              _PROCESS_ID.value)
     if _MODE.value == "train":
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:
-      train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT_STEP.value,
-                                best=_BEST.value)
+      evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT_STEP.value,
+                                   best=_BEST.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

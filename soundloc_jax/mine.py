@@ -5,9 +5,9 @@ any workdir works) with `soundloc_jax.load` (its recorded config.json, the
 latest checkpoint or `--checkpoint_step`), embeds every example of its
 training split in eval mode (jitted, batched: the audio embedding and the
 spatial average of the visual feature map, the vectors of Eq. 4), ranks all
-examples per modality with `mining.mine_neighbours` (exact blocked top-K,
+examples per modality with `methods.mining.mine_neighbours` (exact blocked top-K,
 self excluded, ties by position) and writes `BASELINE_WORKDIR/neighbours.npz`
-(`mining.save_neighbours`: ids in split order) plus `neighbours.json` (where
+(`methods.mining.save_neighbours`: ids in split order) plus `neighbours.json` (where
 it came from, timings). K is `--num_neighbours` (default 1000, the paper's),
 clipped to n - 1 with a warning on small data. Train HardPos on it with
 `--config=configs/hard_positive.py --config.method.neighbours_path=BASELINE_WORKDIR/neighbours.npz`.
@@ -33,35 +33,14 @@ _OUT = flags.DEFINE_string("out", "", "Output .npz (default: WORKDIR/neighbours.
 flags.mark_flags_as_required(["workdir"])
 
 
-def _fmt_eta(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def make_embed_fn(graphdef):
-  """Jitted eval-mode `(params, batch_stats, image, spectrogram) -> (audio [B, d],
-  pooled visual [B, d])`; the pooled vector is the mean of the (per-patch
-  L2-normalised) feature map, re-normalised by `mining.mine_neighbours`."""
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
-
-  @jax.jit
-  def embed(params, batch_stats, image, spectrogram):
-    model = nnx.merge(graphdef, params, batch_stats)
-    model.eval()
-    out = model(image, spectrogram)
-    return out["audio_embedding"], jnp.mean(out["visual_features"], axis=(1, 2))
-
-  return embed
-
-
 def embed_split(localizer, source, *, batch_size: int, num_threads: int = 0, log=print):
   """`(ids [n], audio [n, d], visual [n, d])` of every example of `source`, in order."""
   import numpy as np
-  from soundloc_jax import input_pipeline
+  from soundloc_jax import input_pipeline, state, workdir
   n = len(source)
-  embed = make_embed_fn(localizer.graphdef)
+  # The mean of the (per-patch L2-normalised) visual map, re-normalised by
+  # `mining.mine_neighbours`, and the audio embedding: the vectors of Eq. 4.
+  embed = state.make_predict_fn(localizer.graphdef, outputs="embeddings")
   ids, audio, visual = [], [], []
   t0, last_log, done = time.time(), 0.0, 0
   for batch in input_pipeline.eval_batches(source, batch_size=batch_size,
@@ -76,7 +55,7 @@ def embed_split(localizer, source, *, batch_size: int, num_threads: int = 0, log
     now = time.time()
     if now - last_log > 10 or done == n:
       rate = done / max(now - t0, 1e-9)
-      log(f"embedded {done}/{n} examples, {rate:.0f}/s, ETA {_fmt_eta((n - done) / rate)}")
+      log(f"embedded {done}/{n} examples, {rate:.0f}/s, ETA {workdir.format_eta((n - done) / rate)}")
       last_log = now
   ids = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
   return ids, np.concatenate(audio), np.concatenate(visual)
@@ -85,17 +64,18 @@ def embed_split(localizer, source, *, batch_size: int, num_threads: int = 0, log
 def mine(workdir: str, *, step: int | None = None, num_neighbours: int = 1000,
          batch_size: int = 256, block_size: int = 1024, out: str = "", log=print) -> str:
   """Embeds the baseline's training split, mines, writes the file; returns its path."""
-  from soundloc_jax import inference, input_pipeline, mining, train
+  from soundloc_jax import data, inference
   from soundloc_jax.errors import ConfigError
+  from soundloc_jax.methods import mining
   if num_neighbours < 1:
     raise ConfigError(f"--num_neighbours must be >= 1, got {num_neighbours}")
   if out and not out.endswith(".npz"):
     raise ConfigError(f"--out must name a .npz file, got {out!r}")
   localizer = inference.load(workdir, step)
   config = localizer.config
-  name, data_dir = train.prepare_data(config)
+  name, data_dir = data.prepare_data(config)
   split = config.dataset.train_split
-  source = input_pipeline.open_source(name, split, data_dir)
+  source = data.open_source(name, split, data_dir)
   n = len(source)
   if n < 2:
     raise ConfigError(f"training split {name}:{split} has {n} example(s); mining needs >= 2")
@@ -109,7 +89,7 @@ def mine(workdir: str, *, step: int | None = None, num_neighbours: int = 1000,
       f"{config.get('method', {}).get('name')!r})")
   t0 = time.time()
   ids, audio, visual = embed_split(localizer, source, batch_size=batch_size,
-                                   num_threads=config.dataset.get("num_workers", 0), log=log)
+                                   num_threads=config.dataset.num_workers, log=log)
   t_embed = time.time() - t0
   t1 = time.time()
   result = mining.mine_neighbours(ids, audio, visual, k, block_size=block_size)
@@ -131,10 +111,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from absl import logging
-  from soundloc_jax import train
+  from soundloc_jax import distributed
   from soundloc_jax.errors import UserError
   logging.set_verbosity(logging.WARNING)
-  train.enable_compilation_cache()
+  distributed.enable_compilation_cache()
   try:
     mine(_WORKDIR.value, step=_STEP.value, num_neighbours=_K.value, batch_size=_BATCH.value,
          block_size=_BLOCK.value, out=_OUT.value, log=lambda s: print(s, flush=True))

@@ -38,7 +38,8 @@ def import_checkpoint(checkpoint: str, out: str, test_set: str = "vggss") -> dic
   from flax import nnx
 
   from soundloc_jax.configs import lvs_released
-  from soundloc_jax import checkpointing, train
+  from soundloc_jax import checkpointing, workdir
+  from soundloc_jax import state as state_lib
   from soundloc_jax.tools import resnet_weights, torch_pickle
 
   out = os.path.abspath(os.path.expanduser(out))
@@ -52,8 +53,8 @@ def import_checkpoint(checkpoint: str, out: str, test_set: str = "vggss") -> dic
                                       "model checkpoint?)")
   config = lvs_released.get_config(test_set)
   config.model.width = int(stem.shape[0])
-  optimizer = train.make_optimizer(config)
-  graphdef, state = train.create_train_state(config, optimizer)
+  optimizer = state_lib.make_optimizer(config)
+  graphdef, state = state_lib.create_train_state(config, optimizer)
   model = nnx.merge(graphdef, state["params"], state["batch_stats"], copy=True)
   used = resnet_weights.assign_from_torch(model.visual, state_dict, checkpoint, "imgnet.")
   used |= resnet_weights.assign_from_torch(model.audio, state_dict, checkpoint, "audnet.",
@@ -61,10 +62,10 @@ def import_checkpoint(checkpoint: str, out: str, test_set: str = "vggss") -> dic
   resnet_weights.check_leftovers(state_dict, used, checkpoint, ignored=_unused)
   _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   params, batch_stats = nnx.as_pure(params), nnx.as_pure(batch_stats)
-  state = dict(state, params=params, batch_stats=batch_stats, opt_state=optimizer.init(params),
-               teacher_params=train._copy(params), teacher_batch_stats=train._copy(batch_stats))
+  state = state_lib.refresh_teacher(dict(state, params=params, batch_stats=batch_stats,
+                                          opt_state=optimizer.init(params)))
   os.makedirs(out, exist_ok=True)
-  train.check_and_record_config(config, out, has_checkpoint=False)
+  workdir.check_and_record_config(config, out, has_checkpoint=False)
   ckpt = checkpointing.Checkpointer(ckpt_dir)
   try:
     ckpt.save(0, state, {"step": 0, "epoch": -1, "epoch_complete": True,

@@ -1,0 +1,128 @@
+"""Datasets of a run: where they live, which TFDS name to read, building the
+demo on first use, opening splits, and checking them against the config.
+
+`prepare_data(config)` -> `(name, data_dir)`: `config.dataset.data_dir` (""
+= $SOUNDLOC_DATA_DIR or ~/tensorflow_datasets) and the TFDS name, the demo's
+config made explicit (`av_digits` -> `av_digits/full`) and the demo built
+when missing (`dataset.build_if_missing`; one process builds, the others
+wait). `open_source(name, split, data_dir)` is the split as a random-access
+`tfds.data_source` (array_record; `input_pipeline` reads it with grain), or a
+DatasetError naming the build command. `check_audio_matches` refuses a
+config whose audio front end is not the one the dataset was built with;
+`dataset_fingerprint` identifies the data a run used (run_info.json), and
+`train_batches` the training stream of a run's steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+
+import jax
+from absl import logging
+
+from soundloc_jax import audio, distributed
+from soundloc_jax.errors import DatasetError
+
+
+def resolve_data_dir(config) -> str:
+  if config.dataset.data_dir:
+    return os.path.expanduser(config.dataset.data_dir)
+  from soundloc_jax import demo_data
+  return demo_data.default_data_dir()
+
+
+def resolve_dataset(name: str, data_dir: str, build_if_missing: bool) -> str:
+  """The TFDS name to read; the demo dataset gets its config made explicit and
+  is built on first use."""
+  if name.split("/")[0] == "av_digits":
+    from soundloc_jax import demo_data
+    name = demo_data.dataset_name(name)
+    if build_if_missing:
+      # One process builds; the others wait for it instead of racing on the files.
+      if distributed.is_primary():
+        demo_data.ensure_built(data_dir, name)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"dataset {name} ready")
+  return name
+
+
+def prepare_data(config) -> tuple[str, str]:
+  """`(dataset name, data_dir)` of the training dataset."""
+  data_dir = resolve_data_dir(config)
+  return resolve_dataset(config.dataset.name, data_dir, config.dataset.build_if_missing), data_dir
+
+
+def open_source(name: str, split: str, data_dir: str):
+  """`tfds.data_source` with an error that says how to build what is missing."""
+  import tensorflow_datasets as tfds
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir)
+  except Exception as e:  # TFDS raises several types for "not prepared"
+    base, _, builder_config = name.partition("/")
+    config_flag = f" --config={builder_config}" if builder_config else ""
+    raise DatasetError(
+        f"dataset {name!r} split {split!r} is not available in data_dir {data_dir!r} "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Build it with "
+        f"`python -m soundloc_jax.tfds_build data_builders/{base}{config_flag} "
+        f"--data_dir={data_dir}` (add --manual_dir=... for datasets made from your own files; "
+        f"data_builders/{base}/README.md gives their layout).") from e
+
+
+def dataset_fingerprint(name: str, data_dir: str) -> dict:
+  """Name, version, folder, split sizes and a hash of dataset_info.json."""
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(name, data_dir=data_dir)
+  info_json = os.path.join(builder.data_dir, "dataset_info.json")
+  digest = ""
+  if os.path.exists(info_json):
+    with open(info_json, "rb") as f:
+      digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  return {"name": name, "version": str(builder.info.version), "data_dir": builder.data_dir,
+          "splits": {k: v.num_examples for k, v in builder.info.splits.items()},
+          "dataset_info_sha256": digest}
+
+
+def check_audio_matches(name: str, data_dir: str, config) -> None:
+  """The dataset's recorded front end must equal config.audio (else the model
+  would train on spectrograms it will never see at inference)."""
+  import tensorflow_datasets as tfds
+  metadata = tfds.builder(name, data_dir=data_dir).info.metadata or {}
+  recorded = metadata.get("audio")
+  if recorded is None:
+    return
+  expected = audio.params_dict(config.audio)
+
+  def same(a, b):
+    if isinstance(b, (int, float)):
+      return math.isclose(float(a), float(b))
+    return a == b
+
+  differ = [k for k, v in expected.items() if k in recorded and not same(recorded[k], v)]
+  if differ:
+    raise DatasetError(
+        f"dataset {name!r} was built with audio front end "
+        f"{ {k: recorded[k] for k in expected if k in recorded} }, but config.audio is "
+        f"{expected} (differs in {', '.join(differ)}); set --config.audio.* to match or "
+        "rebuild the dataset")
+
+
+def train_batches(config, source, start_step: int, stop_step: int, needs_neighbours: bool,
+                  warn=logging.warning):
+  """This process's batches of global steps `start_step..stop_step-1` of the
+  training split `source` (`input_pipeline.train_iterator`); a method that
+  needs neighbours (HardPos) gets the neighbour table `config.method` asks
+  for (`methods.neighbours.from_config`, which `warn`s when K is clipped)."""
+  from soundloc_jax import input_pipeline
+  from soundloc_jax.methods import neighbours
+  ds_cfg = config.dataset
+  table = (neighbours.from_config(config.method, source, config.seed, warn)
+           if needs_neighbours else None)
+  batches, _ = input_pipeline.train_iterator(
+      source, global_batch=config.batch_size, seed=config.seed, start_step=start_step,
+      num_steps=stop_step, image_size=ds_cfg.image_size, augment=ds_cfg.augment,
+      num_threads=ds_cfg.num_workers, process_index=jax.process_index(),
+      process_count=jax.process_count(), neighbours=table)
+  return batches
