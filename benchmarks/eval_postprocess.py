@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from soundloc_jax import evaluation
+from soundloc_jax.evaluation import annotations, protocol
 
 
 def random_vggss_gt(rng, n, size=224):
@@ -27,7 +27,7 @@ def random_vggss_gt(rng, n, size=224):
       x0, y0 = rng.uniform(-0.05, 0.7, 2)
       w, h = rng.uniform(0.1, 0.6, 2)
       boxes.append([x0, y0, x0 + w, y0 + h])
-    gts[i] = evaluation.vggss_gt_map(boxes, size)
+    gts[i] = annotations.vggss_gt_map(boxes, size)
   return gts
 
 
@@ -51,12 +51,12 @@ def main():
     b = min(a + args.chunk, args.n)
     gts = random_vggss_gt(rng, b - a, args.size)
     t0 = time.perf_counter()
-    cious[a:b] = evaluation.score_maps(responses[a:b], gts, protocol="median",
+    cious[a:b] = protocol.score_maps(responses[a:b], gts, protocol="median",
                                        size=args.size,
                                        num_threads=args.threads)
     timed += time.perf_counter() - t0
   t0 = time.perf_counter()
-  summary = evaluation.summarize(cious, n_bootstrap=1000, seed=0)
+  summary = protocol.summarize(cious, n_bootstrap=1000, seed=0)
   summary_s = time.perf_counter() - t0
   total = timed + summary_s
   print(json.dumps({

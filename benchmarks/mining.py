@@ -1,4 +1,4 @@
-"""Benchmark of HardPos neighbour mining (`soundloc_jax.mining`).
+"""Benchmark of HardPos neighbour mining (`soundloc_jax.methods.mining`).
 
 Prints one JSON line: n, d, k, block_size, seconds (wall time of
 `topk_neighbours`, including the one compile), peak RSS of the process in MiB
@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from soundloc_jax import mining
+from soundloc_jax.methods import mining
 
 
 def main():

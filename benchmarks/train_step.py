@@ -132,14 +132,15 @@ def bench_jax(args, config):
   from jax.sharding import PartitionSpec as P
 
   from soundloc_jax import methods, train
+  from soundloc_jax import state as state_lib
 
   f, t = (int(x) for x in args.spec.lower().split("x"))
   n_dev = jax.device_count()
   if args.batch % n_dev:
     raise SystemExit(f"--batch {args.batch} is not divisible by {n_dev} devices")
   mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  optimizer = train.make_optimizer(config)
-  graphdef, state = train.create_train_state(config, optimizer)
+  optimizer = state_lib.make_optimizer(config)
+  graphdef, state = state_lib.create_train_state(config, optimizer)
   state = jax.device_put(state, NamedSharding(mesh, P()))
   method = methods.get(config.method.name)
   rng = np.random.default_rng(0)
@@ -209,8 +210,8 @@ def bench_jax(args, config):
 def _torch_loss(torch, method_config):
   """`(v [B,d,h,w], a [B,d]) -> loss` of the config's family in torch, the
   same function as ours (`tests/benchmarks_test.py` compares them where torch
-  is installed): `lvs_losses.lvs_loss` for "lvs"/"lvs_vanilla",
-  `ezvsl_losses.ezvsl_loss` for "ezvsl", ICL's Eq. 3 (pooled InfoNCE,
+  is installed): `methods.lvs.lvs_loss` for "lvs"/"lvs_vanilla",
+  `methods.ezvsl.ezvsl_loss` for "ezvsl", ICL's Eq. 3 (pooled InfoNCE,
   `losses`) for everything else."""
   F = torch.nn.functional
   name = method_config.name

@@ -18,7 +18,7 @@ finishes the table. The table reports, per method, the mean and the spread
 (min..max over seeds) of the test cIoU@0.5 and AUC of the demo's headline
 protocol (fixed threshold, `configs/default.py`), the mean of the per-seed
 95% bootstrap intervals of cIoU, the median-protocol (LVS) numbers and the
-pointing-game hit rate (`evaluation.pointing_hits`: the map's peak on the
+pointing-game hit rate (`evaluation.protocol.pointing_hits`: the map's peak on the
 sounding digit's box). `--rescore` scores finished runs again with the
 current evaluator.
 It is written to `OUT/results.md` and printed.
@@ -119,12 +119,12 @@ def train_one(args, method: str, seed: int) -> None:
 
 def rescore(args) -> None:
   """`--mode=eval` of each finished run, in this process, with its own config."""
-  from soundloc_jax import inference, train
+  from soundloc_jax import evaluate, workdir
   for method in args.methods:
     for seed in args.seeds:
-      workdir = workdir_of(args.out, method, seed)
-      if os.path.exists(test_metrics_path(workdir)):
-        train.evaluate_checkpoint(inference.read_config(workdir), workdir)
+      workdir_path = workdir_of(args.out, method, seed)
+      if os.path.exists(test_metrics_path(workdir_path)):
+        evaluate.evaluate_checkpoint(workdir.read_config(workdir_path), workdir_path)
 
 
 def _fmt(values: list[float]) -> str:

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from soundloc_jax.configs import hard_positive
-from soundloc_jax import hardpos_losses, train
+from soundloc_jax import train
+from soundloc_jax.methods import hardpos as hardpos_losses
 
 _positive_responses = hardpos_losses.positive_responses
 DETACHED = jnp.asarray([False, True, False, False])  # column P_a of (P_b, P_a, P_v, P_c)

@@ -22,7 +22,9 @@ import numpy as np
 from flax import nnx
 
 import soundloc_jax
-from soundloc_jax import hardpos_losses, input_pipeline, methods, neighbours, train
+from soundloc_jax import data, input_pipeline, methods, state
+from soundloc_jax.methods import hardpos as hardpos_losses
+from soundloc_jax.methods import neighbours
 
 
 def peak_cells(audio, images):
@@ -34,7 +36,7 @@ def peak_cells(audio, images):
 
 def forward_fn(loc):
   if not os.environ.get("TRAIN_MODE"):
-    return train.make_predict_fn(loc.graphdef, outputs="all")
+    return state.make_predict_fn(loc.graphdef, outputs="all")
 
   def forward(params, batch_stats, image, spectrogram):
     model = nnx.merge(loc.graphdef, params, batch_stats)
@@ -48,8 +50,8 @@ def main(workdirs):
     loc = soundloc_jax.load(workdir)
     cfg = loc.config
     method = methods.get(cfg.method.name)
-    name, data_dir = train.prepare_data(cfg)
-    source = input_pipeline.open_source(name, "train", data_dir)
+    name, data_dir = data.prepare_data(cfg)
+    source = data.open_source(name, "train", data_dir)
     table = neighbours.from_config(cfg.method, source, cfg.seed)
     it, _ = input_pipeline.train_iterator(source, global_batch=64, seed=123, start_step=0,
                                           num_steps=8, image_size=cfg.dataset.image_size,
@@ -58,7 +60,7 @@ def main(workdirs):
     pos_all, neg_all, hits, cos_aa, cos_other = [], [], [], [], []
     for batch in it:
       b = batch["image"].shape[0]
-      out = forward(loc.params, loc.batch_stats, *train.model_inputs(batch, method))
+      out = forward(loc.params, loc.batch_stats, *state.model_inputs(batch, method.needs_neighbours))
       v = np.asarray(out["visual_features"], np.float32)
       v = v.reshape((b, 2) + v.shape[1:])
       a = np.asarray(out["audio_embedding"], np.float32).reshape(b, 2, -1)
