@@ -25,10 +25,9 @@ import numpy as np
 import pytest
 
 from soundloc_jax.data_builders.av_digits.av_digits_dataset_builder import synth_waveform
-from soundloc_jax import input_pipeline, localize, train
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_test import tiny_config  # noqa: E402
+from soundloc_jax import data, localize, train
+from tests import media_fixtures
+from tests.helpers import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny config of `tiny_config(data_dir, max_steps=2)` as command-line flags.
@@ -54,8 +53,8 @@ def ctx(demo_data_dir, tmp_path_factory):
   p = lambda name: os.path.join(d, name)  # noqa: E731
   workdir = p("run")
   train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=2), workdir)
-  name, data_dir = train.prepare_data(tiny_config(demo_data_dir))
-  raw = input_pipeline.open_source(name, "test", data_dir)[3]
+  name, data_dir = data.prepare_data(tiny_config(demo_data_dir))
+  raw = data.open_source(name, "test", data_dir)[3]
   image = np.asarray(raw["image"])
   wave = synth_waveform(int(raw["label"]), np.random.default_rng(7))
 
@@ -78,7 +77,6 @@ def ctx(demo_data_dir, tmp_path_factory):
   with open(p("clip.mp4"), "wb") as f:
     f.write(b"\0\0\0\x18ftypmp42" + b"\0" * 64)
   Image.new("1", (8000, 7000)).save(p("huge.png"))  # 56 MP, a few KB
-  import media_fixtures
   media_fixtures.write_video(p("silent_clip.mp4"), seconds=1.0, audio=None)  # no sound track
   os.makedirs(p("untrained"))
   shutil.copy(os.path.join(workdir, "config.json"), p("untrained"))

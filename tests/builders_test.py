@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from soundloc_jax import builder_lib, evaluation, evaluator, input_pipeline
+from soundloc_jax import builder_lib, data, input_pipeline
+from soundloc_jax.evaluation import annotations, evaluators, protocol
 from soundloc_jax.errors import DatasetError
 from tests import media_fixtures as mf
 
@@ -153,10 +154,10 @@ def test_stored_and_lvs_test_spectrograms_match_scipy(built):
 
 def _gt_maps(data_dir, name):
   source = _source(data_dir, name, "test")
-  gt_format = evaluator.gt_format_of(source)
+  gt_format = annotations.gt_format_of(source)
   batch = next(input_pipeline.eval_batches(source, batch_size=len(source), image_size=224,
                                            gt_format=gt_format, gt_size=224))
-  maps = evaluator.gt_maps_from_batch(batch, 224, 224)
+  maps = annotations.gt_maps_from_batch(batch, 224, 224)
   return gt_format, {i.decode(): m for i, m in zip(batch["id"], maps)}
 
 
@@ -165,21 +166,21 @@ def test_gt_maps_equal_the_official_functions_of_the_raw_annotations(built):
   fmt, maps = _gt_maps(data, "flickr_soundnet/10k")
   assert fmt == "flickr256" and sorted(maps) == ["t0", "t1"]
   for ident, xml in truth["flickr"]["xml"].items():
-    expected = evaluation.flickr_gt_map(xml, 224)
+    expected = annotations.flickr_gt_map(xml, 224)
     assert set(np.unique(expected)) == {0.0, 0.5, 1.0}
     np.testing.assert_array_equal(maps[ident], expected)
   fmt, maps = _gt_maps(data, "vggss")
   assert fmt == "unit" and sorted(maps) == ["v0", "v1"]
   for item in truth["vgg"]["annotations"][:2]:
-    np.testing.assert_array_equal(maps[item["file"]], evaluation.vggss_gt_map(item["bbox"], 224))
+    np.testing.assert_array_equal(maps[item["file"]], annotations.vggss_gt_map(item["bbox"], 224))
   fmt, maps = _gt_maps(data, "music_synthetic")
   assert fmt == "pixels" and sorted(maps) == ["test000", "test001"]
   for ident, boxes in built["truth"]["music"].items():  # 64x64 grid -> 224: x 3.5, no crop
-    np.testing.assert_array_equal(maps[ident], evaluation.box_gt_map(np.multiply(boxes, 3.5), 224))
+    np.testing.assert_array_equal(maps[ident], annotations.box_gt_map(np.multiply(boxes, 3.5), 224))
     assert maps[ident].sum() == 2 * 112 * 112
   fmt, maps = _gt_maps(data, "folder")
   assert fmt == "pixels"
-  np.testing.assert_array_equal(maps["ann01"], evaluation.box_gt_map(
+  np.testing.assert_array_equal(maps["ann01"], annotations.box_gt_map(
       [[0, 0, 28, 84], [56, 56, 224, 224]], 224))
 
 
@@ -259,13 +260,12 @@ def test_bad_media_stop_the_build_naming_the_file_or_are_skipped_and_counted(tmp
 
 def test_training_checks_the_recorded_front_end(built):
   from soundloc_jax.configs import default
-  from soundloc_jax import train
   assert builder_lib.DEFAULT_AUDIO == default.LVS_AUDIO
   config = ml_collections.ConfigDict({"audio": default.audio_config(default.LVS_AUDIO)})
-  train.check_audio_matches("vggsound/full", built["api"], config)
+  data.check_audio_matches("vggsound/full", built["api"], config)
   config.audio.noverlap = 274
   with pytest.raises(DatasetError, match="differs in noverlap"):
-    train.check_audio_matches("vggsound/full", built["api"], config)
+    data.check_audio_matches("vggsound/full", built["api"], config)
 
 
 def test_music_synthetic_grids_use_the_1s_front_end(built):
@@ -320,15 +320,15 @@ def test_split_evaluator_scores_a_real_test_split_with_its_gt_format_and_eval_au
   def predict(image, spectrogram):
     seen.append((image.shape, spectrogram.shape))
     # Responses shaped like each sample's own gt map (at 14x14).
-    return np.stack([evaluation.vggss_gt_map(truth[source[i]["id"].decode()], 14)
+    return np.stack([annotations.vggss_gt_map(truth[source[i]["id"].decode()], 14)
                      for i in range(2)])
 
-  result = evaluator.SplitEvaluator("vggss:test", source, config).run(predict)
+  result = evaluators.SplitEvaluator("vggss:test", source, config).run(predict)
   assert seen == [((2, 224, 224, 3), (2, 257, 671))]
   assert result.ids == ["v0", "v1"] and result.metrics["n"] == 2
   for i, ident in enumerate(result.ids):
-    np.testing.assert_array_equal(result.gt_maps[i], evaluation.vggss_gt_map(truth[ident], 224))
-  expected = evaluation.score_maps(result.responses, result.gt_maps, protocol="median", size=224)
+    np.testing.assert_array_equal(result.gt_maps[i], annotations.vggss_gt_map(truth[ident], 224))
+  expected = protocol.score_maps(result.responses, result.gt_maps, protocol="median", size=224)
   np.testing.assert_allclose(result.cious, expected)
 
 

@@ -27,5 +27,5 @@ def demo_data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache():
-  from soundloc_jax import train
-  train.enable_compilation_cache()
+  from soundloc_jax import distributed
+  distributed.enable_compilation_cache()

@@ -24,7 +24,10 @@ import numpy as np
 import pytest
 
 from soundloc_jax.configs import iterative
-from soundloc_jax import checkpointing, inference, train
+from soundloc_jax import checkpointing, errors, evaluate, inference, train
+from soundloc_jax import state as train_state
+from soundloc_jax.workdir import MetricsWriter
+from tests.helpers import set_fields
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 256 training examples, batch 32: 8 steps per epoch, 2 epochs, a checkpoint
@@ -42,13 +45,7 @@ STATE_KEYS = ("step", "params", "batch_stats", "teacher_params", "teacher_batch_
 def _config(data_dir, **extra):
   c = iterative.get_config("")
   c.dataset.data_dir = data_dir
-  for key, value in {**OVERRIDES, **extra}.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return set_fields(c, {**OVERRIDES, **extra})
 
 
 def _flags(data_dir, workdir):
@@ -60,8 +57,8 @@ def _flags(data_dir, workdir):
 
 
 def _restore(directory, config, step=None):
-  _, abstract = train.create_train_state(config, train.make_optimizer(config))
-  state, _, step = inference.restore_checkpoint(directory, config, abstract, step)
+  _, abstract = train_state.create_train_state(config, train_state.make_optimizer(config))
+  state, _, step = checkpointing.restore_checkpoint(directory, config, abstract, step)
   return step, jax.tree.map(np.asarray, state)
 
 
@@ -212,16 +209,16 @@ def test_damaged_checkpoint_is_never_used(reference, demo_data_dir, tmp_path, ca
   # Orbax still lists it; loading it for inference or evaluation is a clear
   # error naming the folder and the steps that are left.
   assert checkpointing.Checkpointer(ckpt_dir).latest_step() == 6
-  with pytest.raises(inference.CorruptCheckpointError, match=r"step 6 in .*cannot be read") as e:
+  with pytest.raises(errors.CorruptCheckpointError, match=r"step 6 in .*cannot be read") as e:
     inference.load(workdir)
   assert ckpt_dir in str(e.value) and "available: 4, 6" in str(e.value)
-  with pytest.raises(inference.CorruptCheckpointError, match="step 6"):
-    train.evaluate_checkpoint(config, workdir)
+  with pytest.raises(errors.CorruptCheckpointError, match="step 6"):
+    evaluate.evaluate_checkpoint(config, workdir)
   capsys.readouterr()
   if damage != "truncated arrays":  # the same path as below; one training run is enough
     ckpt = checkpointing.Checkpointer(ckpt_dir)
-    _, abstract = train.create_train_state(config, train.make_optimizer(config))
-    _, _, step = train.restore_latest_readable(ckpt, config, abstract)
+    _, abstract = train_state.create_train_state(config, train_state.make_optimizer(config))
+    _, _, step = checkpointing.restore_latest_readable(ckpt, config, abstract)
     ckpt.close()
     assert step == 4 and os.path.isdir(step_dir + ".corrupt")
     return
@@ -240,6 +237,6 @@ def test_damaged_checkpoint_is_never_used(reference, demo_data_dir, tmp_path, ca
 def test_half_written_metrics_line_is_dropped(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 1, "split": "train"}\n{"step": 2, "spl')
-  writer = train.MetricsWriter(str(tmp_path))
+  writer = MetricsWriter(str(tmp_path))
   writer.write({"step": 2, "split": "train"})
   assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [1, 2]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from soundloc_jax import evaluation as ev
+from soundloc_jax.evaluation import annotations, plots, resize
+from soundloc_jax.evaluation import protocol as ev
 
 
 # ---------------------------------------------------------------------------
@@ -50,7 +51,7 @@ def _opencv_linear_reference(m, out_h, out_w):
 def test_resize_matches_opencv_formula(in_shape, out_shape):
   rng = np.random.default_rng(0)
   m = rng.standard_normal(in_shape).astype(np.float32)
-  got = ev.resize_bilinear(m, out_shape if out_shape[0] != out_shape[1]
+  got = resize.resize_bilinear(m, out_shape if out_shape[0] != out_shape[1]
                            else out_shape[0])
   want = _opencv_linear_reference(m.astype(np.float64), *out_shape)
   assert got.dtype == np.float32 and got.shape == out_shape
@@ -61,16 +62,16 @@ def test_resize_known_values_and_identity():
   m = np.array([[0, 1], [2, 3]], np.float32)
   w = np.array([0, 0.25, 0.75, 1.0])  # clamped half-pixel weights, 2 -> 4
   want = 2 * w[:, None] + w[None, :]
-  np.testing.assert_array_equal(ev.resize_bilinear(m, 4), want)
+  np.testing.assert_array_equal(resize.resize_bilinear(m, 4), want)
   r = np.random.default_rng(1).standard_normal((3, 14, 14)).astype(np.float32)
-  np.testing.assert_array_equal(ev.resize_bilinear(r, 14), r)
+  np.testing.assert_array_equal(resize.resize_bilinear(r, 14), r)
 
 
 def test_resize_batch_equals_single():
   r = np.random.default_rng(2).standard_normal((5, 14, 14)).astype(np.float32)
-  batch = ev.resize_bilinear(r, 224)
+  batch = resize.resize_bilinear(r, 224)
   for i in range(5):
-    np.testing.assert_array_equal(batch[i], ev.resize_bilinear(r[i], 224))
+    np.testing.assert_array_equal(batch[i], resize.resize_bilinear(r[i], 224))
 
 
 # ---------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def test_localization_map_range_per_map():
   assert loc.dtype == np.float32
   np.testing.assert_array_equal(loc.min(axis=(1, 2)), 0)
   np.testing.assert_array_equal(loc.max(axis=(1, 2)), 1)
-  up = ev.resize_bilinear(raw, 224)
+  up = resize.resize_bilinear(raw, 224)
   for i in range(3):  # the official `1 - normalize_img(-h)`, bit for bit
     x = -up[i]
     vmin, vmax = x.min(), x.max()
@@ -211,7 +212,7 @@ def test_flickr_two_annotators(tmp_path):
   want = np.zeros((224, 224), np.float32)
   want[56:140, 28:112] += 0.5
   want[87:201, 84:175] += 0.5
-  gt = ev.flickr_gt_map(_FLICKR_XML)
+  gt = annotations.flickr_gt_map(_FLICKR_XML)
   assert gt.dtype == np.float32 and gt.shape == (224, 224)
   np.testing.assert_array_equal(gt, want)
   assert gt[100, 100] == 1.0 and gt[60, 30] == 0.5 and gt[200, 170] == 0.5
@@ -219,9 +220,9 @@ def test_flickr_two_annotators(tmp_path):
   assert sorted(np.unique(gt).tolist()) == [0.0, 0.5, 1.0]
   path = tmp_path / "10000.xml"
   path.write_text(_FLICKR_XML)
-  np.testing.assert_array_equal(ev.flickr_gt_map(str(path)), want)
-  np.testing.assert_array_equal(ev.flickr_gt_map(path), want)
-  assert ev.flickr_boxes(_FLICKR_XML) == [[28, 56, 112, 140],
+  np.testing.assert_array_equal(annotations.flickr_gt_map(str(path)), want)
+  np.testing.assert_array_equal(annotations.flickr_gt_map(path), want)
+  assert annotations.flickr_boxes(_FLICKR_XML) == [[28, 56, 112, 140],
                                           [84, 87, 175, 201]]
 
 
@@ -229,7 +230,7 @@ def test_flickr_three_overlapping_boxes_clip_at_one():
   xml = "<a>" + "".join(
       f"<o><bbox><s/><x>0</x><y>0</y><x>{v}</x><y>{v}</y></bbox></o>"
       for v in (256, 128, 64)) + "</a>"
-  gt = ev.flickr_gt_map(xml)
+  gt = annotations.flickr_gt_map(xml)
   assert gt[0, 0] == 1.0 and gt[100, 100] == 1.0 and gt[200, 200] == 0.5
 
 
@@ -239,9 +240,9 @@ def test_vggss_boxes_out_of_range_and_inverted():
            [0.25, 0.25, 0.5, 0.5]]  # 56..112, inside the first box
   want = np.zeros((224, 224), np.float32)
   want[44:224, 0:112] = 1  # int(224 * 0.2) = 44
-  gt = ev.vggss_gt_map(boxes)
+  gt = annotations.vggss_gt_map(boxes)
   np.testing.assert_array_equal(gt, want)
-  empty = ev.vggss_gt_map([[0.9, 0.9, 0.8, 1.0], [0.5, 0.6, 0.7, 0.6]])
+  empty = annotations.vggss_gt_map([[0.9, 0.9, 0.8, 1.0], [0.5, 0.6, 0.7, 0.6]])
   assert empty.sum() == 0
   some_pred = _box_map(224, 0, 10, 0, 10)
   assert ev.ciou(some_pred, empty) == 0.0
@@ -252,11 +253,11 @@ def test_box_gt_map():
   want = np.zeros((224, 224), np.float32)
   want[56:140, 56:168] = 1  # 3.5 x [16, 16, 48, 40]
   np.testing.assert_array_equal(
-      ev.box_gt_map([[16, 16, 48, 40]], 224, image_size=64), want)
+      annotations.box_gt_map([[16, 16, 48, 40]], 224, image_size=64), want)
   want = np.zeros((64, 64), np.float32)
   want[10:20, 5:30] = 1
   want[0:4, 60:64] = 1
-  got = ev.box_gt_map([[5, 10, 30, 20], [60, -3, 70, 4], [9, 9, 8, 12]], 64)
+  got = annotations.box_gt_map([[5, 10, 30, 20], [60, -3, 70, 4], [9, 9, 8, 12]], 64)
   np.testing.assert_array_equal(got, want)
 
 
@@ -432,27 +433,27 @@ def test_evaluate_maps_batch_equals_single_and_uint8_gt():
 
 def test_select_overlay_samples():
   cious = [0.1, 0.9, 0.5, 0.0, 0.7, 0.3, 0.8]
-  sel = ev.select_overlay_samples(cious, 2, seed=0)
+  sel = plots.select_overlay_samples(cious, 2, seed=0)
   assert sel["best"].tolist() == [1, 6]
   assert sel["worst"].tolist() == [3, 0]
   assert len(sel["random"]) == 2 and set(sel["random"]) <= {2, 4, 5}
-  again = ev.select_overlay_samples(cious, 2, seed=0)
+  again = plots.select_overlay_samples(cious, 2, seed=0)
   assert sel["random"].tolist() == again["random"].tolist()
   assert sel["indices"].tolist() == [1, 6, 3, 0] + sel["random"].tolist()
-  small = ev.select_overlay_samples([0.5, 0.5, 0.5], 2, seed=1)
+  small = plots.select_overlay_samples([0.5, 0.5, 0.5], 2, seed=1)
   assert len(set(small["indices"].tolist())) == 3
 
 
 def test_plots_write_pngs(tmp_path):
   rng = np.random.default_rng(8)
   s = ev.summarize(rng.random(50), n_bootstrap=10)
-  p = ev.plot_success_curve(s, tmp_path / "curve.png", label="model")
-  p2 = ev.plot_success_curve([s, s], tmp_path / "curves.png",
+  p = plots.plot_success_curve(s, tmp_path / "curve.png", label="model")
+  p2 = plots.plot_success_curve([s, s], tmp_path / "curves.png",
                              label=["a", "b"])
   images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
   heat = rng.random((3, 14, 14)).astype(np.float32)
   boxes = [[[8, 8, 40, 30]], None, _box_map(64, 10, 30, 10, 50)]
-  p3 = ev.overlay_grid(images, heat, boxes, ["a", "b", "c"],
+  p3 = plots.overlay_grid(images, heat, boxes, ["a", "b", "c"],
                        tmp_path / "grid.png", ncols=2)
   for path in (p, p2, p3):
     with Image.open(path) as im:
@@ -462,10 +463,10 @@ def test_plots_write_pngs(tmp_path):
 
 def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
   """No pyplot, no backend switch: a notebook's inline plots keep working."""
-  code = ("import sys, numpy as np; from soundloc_jax import evaluation as e\n"
-          "s = e.summarize(np.linspace(0, 1, 9))\n"
-          f"e.plot_success_curve(s, {str(tmp_path / 'c.png')!r})\n"
-          "e.overlay_grid(np.zeros((2, 8, 8, 3), np.uint8), np.ones((2, 4, 4)) / 2, None,"
+  code = ("import sys, numpy as np; from soundloc_jax.evaluation import plots, protocol\n"
+          "s = protocol.summarize(np.linspace(0, 1, 9))\n"
+          f"plots.plot_success_curve(s, {str(tmp_path / 'c.png')!r})\n"
+          "plots.overlay_grid(np.zeros((2, 8, 8, 3), np.uint8), np.ones((2, 4, 4)) / 2, None,"
           f" ['a', 'b'], {str(tmp_path / 'o.png')!r})\n"
           "print('matplotlib.pyplot' in sys.modules)")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -15,8 +15,8 @@ import pytest
 
 from soundloc_jax.configs import ezvsl as ezvsl_config
 from soundloc_jax import methods
-from soundloc_jax.ezvsl_losses import ezvsl_loss
-from tests.lvs_losses_test import make_inputs  # patches correlated with their audio
+from soundloc_jax.methods.ezvsl import ezvsl_loss
+from tests.helpers import correlated_features as make_inputs  # patches correlated with their audio
 
 RTOL = ATOL = 1e-5
 _jit_loss = jax.jit(ezvsl_loss, static_argnames=("temperature",))

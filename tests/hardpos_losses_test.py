@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from soundloc_jax import hardpos_losses
+from soundloc_jax.methods import hardpos as hardpos_losses
 
 EPS, MASK_TAU, TEMP = 0.65, 0.03, 0.07
 

@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 
 from soundloc_jax.configs import hard_positive, lvs
-from soundloc_jax import input_pipeline, mine, mining, neighbours, train
+from soundloc_jax import data, input_pipeline, mine, train
+from soundloc_jax import state as train_state
 from soundloc_jax.errors import ConfigError, DatasetError, UserError
+from soundloc_jax.methods import mining, neighbours
+from tests.helpers import set_fields
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, K, GLOBAL_BATCH = 40, 5, 8
@@ -159,13 +162,7 @@ def demo_config(config, data_dir, **overrides):
   config.log_every_steps = 5
   config.eval.batch_size = 64
   config.eval.num_overlays = 2
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return set_fields(config, overrides)
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +183,8 @@ def test_mining_equals_brute_force_argsort(baseline, demo_data_dir):
   from soundloc_jax import inference
   model_source = inference.load(workdir)
   config = model_source.config
-  name, data_dir = train.prepare_data(config)
-  source = input_pipeline.open_source(name, "train", data_dir)
+  name, data_dir = data.prepare_data(config)
+  source = data.open_source(name, "train", data_dir)
   examples = [source[i] for i in range(len(source))]
   assert result["ids"].tolist() == [ex["id"].decode() for ex in examples]
   # Embeddings by a separate path: one eval-mode forward over the whole split.
@@ -240,7 +237,7 @@ def test_hardpos_resumed_run_equals_uninterrupted(baseline, demo_data_dir, tmp_p
   states = []
   for run in ("full", "resumed"):
     ckpt = checkpointing.Checkpointer(str(tmp_path / run / "checkpoints"))
-    _, abstract = train.create_train_state(config(8), train.make_optimizer(config(8)))
+    _, abstract = train_state.create_train_state(config(8), train_state.make_optimizer(config(8)))
     states.append(ckpt.restore(ckpt.latest_step(), abstract))
     ckpt.close()
   (a, _), (b, _) = states
@@ -274,7 +271,7 @@ def _two_device_main():
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
   from soundloc_jax import distributed, methods
-  train.enable_compilation_cache()
+  distributed.enable_compilation_cache()
   assert jax.device_count() == 2, jax.devices()
   config = hard_positive.get_config("")
   config.model.width, config.batch_size, config.optimizer.name = 4, 8, "sgd"
@@ -286,8 +283,8 @@ def _two_device_main():
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
                          axis_types=(jax.sharding.AxisType.Auto,))
-    optimizer = train.make_optimizer(config)
-    graphdef, state = train.create_train_state(config, optimizer)
+    optimizer = train_state.make_optimizer(config)
+    graphdef, state = train_state.create_train_state(config, optimizer)
     state = jax.device_put(state, NamedSharding(mesh, P()))
     step = train.make_train_step(graphdef, methods.get("hardpos"), config.method, optimizer,
                                  False, mesh)

@@ -114,13 +114,13 @@ def test_converter_drops_fc_and_counters_and_records_its_source(resnet_dir):
 
 def test_init_visual_starts_only_the_visual_stream(resnet_dir):
   from soundloc_jax.configs import default
-  from soundloc_jax import train
+  from soundloc_jax import state as train_state
   config = default.get_config()
   config.model.width = 6
-  optimizer = train.make_optimizer(config)
-  _, plain = train.create_train_state(config, optimizer)
+  optimizer = train_state.make_optimizer(config)
+  _, plain = train_state.create_train_state(config, optimizer)
   config.model.init_visual = resnet_dir
-  _, state = train.create_train_state(config, optimizer)
+  _, state = train_state.create_train_state(config, optimizer)
   with np.load(os.path.join(resnet_dir, resnet_weights.WEIGHTS_FILE)) as npz:
     np.testing.assert_array_equal(state["params"]["visual"]["layers"][2][1]["conv2"]["kernel"],
                                   npz["params/layers/2/1/conv2/kernel"])
@@ -136,18 +136,18 @@ def test_init_visual_starts_only_the_visual_stream(resnet_dir):
 
 def test_init_visual_errors_name_the_directory(resnet_dir, tmp_path):
   from soundloc_jax.configs import default
-  from soundloc_jax import train
+  from soundloc_jax import state as train_state
   config = default.get_config()
   config.model.init_visual = str(tmp_path / "nowhere")
   with pytest.raises(ConfigError, match="init_visual: .*nowhere does not exist"):
-    train.create_train_state(config, train.make_optimizer(config))
+    train_state.create_train_state(config, train_state.make_optimizer(config))
   # A caller about to restore a checkpoint does not need the directory.
-  train.create_train_state(config, train.make_optimizer(config), pretrained=False)
+  train_state.create_train_state(config, train_state.make_optimizer(config), pretrained=False)
   config.model.init_visual = resnet_dir
   config.model.width = 8  # the directory holds width 6
   with pytest.raises(ConfigError, match=r"resnet18.npz: params/bn1/bias has shape \(6,\), "
                                         r"the model expects \(8,\).*width-6 ResNet-18"):
-    train.create_train_state(config, train.make_optimizer(config))
+    train_state.create_train_state(config, train_state.make_optimizer(config))
 
 
 def test_run_from_init_visual_resumes_and_loads_after_the_folder_is_gone(
@@ -155,11 +155,10 @@ def test_run_from_init_visual_resumes_and_loads_after_the_folder_is_gone(
   """The weights folder is read once, at step 0: a resumed run, `load` and
   `--mode=eval` restore every weight from the checkpoint."""
   import shutil
-  import sys
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
   import soundloc_jax
-  from soundloc_jax import train
-  from train_test import tiny_config
+  from soundloc_jax import evaluate, train
+  from tests.helpers import tiny_config
   init = str(tmp_path / "imagenet")
   shutil.copytree(resnet_dir, init)
   workdir = str(tmp_path / "run")
@@ -171,7 +170,7 @@ def test_run_from_init_visual_resumes_and_loads_after_the_folder_is_gone(
   assert model.config.model.init_visual == init
   config.max_steps = 4  # resumable key: the same run goes on
   train.train_and_evaluate(config, workdir)
-  train.evaluate_checkpoint(config, workdir)
+  evaluate.evaluate_checkpoint(config, workdir)
 
 
 # ----------------------------------------------------------------------------

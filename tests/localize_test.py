@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for train_test
-
-import soundloc_jax  # noqa: E402
-from soundloc_jax.data_builders.av_digits.av_digits_dataset_builder import synth_waveform  # noqa: E402
-from soundloc_jax import (audio, checkpointing, evaluation, inference, input_pipeline,  # noqa: E402
-                          localize, train)
-from train_test import tiny_config  # noqa: E402
+import soundloc_jax
+from soundloc_jax import audio, checkpointing, data, errors, inference, input_pipeline, localize, train
+from soundloc_jax import state as train_state
+from soundloc_jax.data_builders.av_digits.av_digits_dataset_builder import synth_waveform
+from soundloc_jax.evaluation import protocol
+from tests import media_fixtures
+from tests.helpers import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,8 +39,8 @@ def localizer(workdir):
 @pytest.fixture(scope="module")
 def example(demo_data_dir):
   """(image uint8 [64, 64, 3] as the evaluator prepares it, 16 kHz waveform of its class)."""
-  name, data_dir = train.prepare_data(tiny_config(demo_data_dir))
-  source = input_pipeline.open_source(name, "test", data_dir)
+  name, data_dir = data.prepare_data(tiny_config(demo_data_dir))
+  source = data.open_source(name, "test", data_dir)
   raw = source[3]
   ex = input_pipeline.preprocess(raw, image_size=64, augment=False,
                                  rng=np.random.default_rng(0), index=3)
@@ -57,14 +57,14 @@ def test_localize_equals_trainer_forward_and_protocol_map(localizer, workdir, ex
   with open(os.path.join(workdir, "config.json")) as f:
     import ml_collections
     config = ml_collections.ConfigDict(json.load(f))
-  graphdef, abstract = train.create_train_state(config, train.make_optimizer(config))
+  graphdef, abstract = train_state.create_train_state(config, train_state.make_optimizer(config))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   state, _ = ckpt.restore(ckpt.latest_step(), abstract)
   ckpt.close()
   spec = audio.log_spectrogram(wave, 16000, config.audio)
-  response = np.asarray(train.make_predict_fn(graphdef)(
+  response = np.asarray(train_state.make_predict_fn(graphdef)(
       state["params"], state["batch_stats"], image[None], spec[None]))
-  expected = evaluation.localization_map(response, size=config.dataset.image_size)[0]
+  expected = protocol.localization_map(response, size=config.dataset.image_size)[0]
   np.testing.assert_allclose(localizer.response(image, wave, 16000), response[0], atol=1e-6)
   np.testing.assert_allclose(heat, expected, atol=1e-6)
   assert localizer.step == 2
@@ -87,9 +87,9 @@ def test_grayscale_rgba_stereo_and_resampled_inputs(localizer, example):
   assert heat.min() >= 0.0 and heat.max() <= 1.0
   # A bigger, non-square image goes through the test transform to the same size.
   assert localizer.localize(np.tile(image, (2, 3, 1)), wave, 16000).shape == (64, 64)
-  with pytest.raises(inference.InputError, match="uint8"):
+  with pytest.raises(errors.InputError, match="uint8"):
     localizer.localize(image.astype(np.float32), wave, 16000)
-  with pytest.raises(inference.InputError, match="empty"):
+  with pytest.raises(errors.InputError, match="empty"):
     localizer.localize(image, np.zeros(0, np.float32), 16000)
 
 
@@ -112,9 +112,9 @@ def test_peak_maps_the_crop_back_to_the_original_image():
 
 
 def test_load_errors_name_the_workdir(workdir, tmp_path):
-  with pytest.raises(inference.WorkdirError, match="does not exist"):
+  with pytest.raises(errors.WorkdirError, match="does not exist"):
     soundloc_jax.load(str(tmp_path / "nowhere"))
-  with pytest.raises(inference.WorkdirError, match="config.json"):
+  with pytest.raises(errors.WorkdirError, match="config.json"):
     soundloc_jax.load(str(tmp_path))
   other = tmp_path / "wider"
   shutil.copytree(workdir, other)
@@ -123,7 +123,7 @@ def test_load_errors_name_the_workdir(workdir, tmp_path):
   config["model"]["width"] = 8
   with open(other / "config.json", "w") as f:
     json.dump(config, f)
-  with pytest.raises(inference.CheckpointMismatchError, match="model.width") as info:
+  with pytest.raises(errors.CheckpointMismatchError, match="model.width") as info:
     soundloc_jax.load(str(other))
   assert str(other) in str(info.value)
 
@@ -175,7 +175,6 @@ def test_cli_writes_overlay_and_prints_the_peak(workdir, localizer, example, tmp
 def _video_with_centred_tone(path):
   """2 s at 10 fps (frame k has colour `frame_colour(k)`), sound only in
   0.75..1.25 s: the 0.5 s window around the middle frame."""
-  import media_fixtures
   rate = 16000
   pcm = np.zeros(2 * rate, np.float32)
   pcm[int(0.75 * rate):int(1.25 * rate)] = media_fixtures.tone(0.5, rate, amp=0.5)
@@ -183,7 +182,6 @@ def _video_with_centred_tone(path):
 
 
 def test_read_video_takes_the_frame_and_the_sound_centred_on_it(tmp_path):
-  import media_fixtures
   path = _video_with_centred_tone(str(tmp_path / "clip.mp4"))
   rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
   frame, wave, rate = localize.read_video(path, None, 0.5)  # the middle: 1.0 s

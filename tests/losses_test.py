@@ -1,4 +1,4 @@
-"""Tests of soundloc_jax.losses against an independent, slow float64 reference.
+"""Tests of soundloc_jax.methods.icl (the ICL losses) against an independent, slow float64 reference.
 
 The reference below is written from the ICL paper (Eq. 1-7) and the loss spec,
 with explicit Python loops over samples, patches and feature channels, so that
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from soundloc_jax.losses import contrastive_loss, icl_loss, normalize_response
+from soundloc_jax.methods.icl import contrastive_loss, icl_loss, normalize_response
 
 RTOL = 1e-5
 ATOL = 1e-5

@@ -22,7 +22,7 @@ import pytest
 
 from soundloc_jax.configs import lvs as lvs_config
 from soundloc_jax import methods
-from soundloc_jax.lvs_losses import lvs_loss
+from soundloc_jax.methods.lvs import lvs_loss
 
 RTOL = 1e-5
 ATOL = 1e-5
@@ -245,11 +245,11 @@ def test_config_errors():
 def test_methods_refuse_an_unknown_negative_pooling_before_training(name):
   """A bad `config.method.negative_pooling` is one ConfigError naming the key,
   raised by the method's config check (train runs it before reading data)."""
-  import ml_collections
-
   from soundloc_jax import methods
+  from soundloc_jax.configs import default
   from soundloc_jax.errors import ConfigError
-  cfg = ml_collections.ConfigDict({"negative_pooling": "masked"})
+  cfg = default.get_config().method  # every method's fields at their defaults
+  cfg.negative_pooling = "masked"
   methods.get(name).check_config(cfg)
   cfg.negative_pooling = "max"
   with pytest.raises(ConfigError, match=r"config\.method\.negative_pooling='max'"):

@@ -11,7 +11,7 @@ have one right answer that the blocked JAX code must reproduce bit for bit.
 import numpy as np
 import pytest
 
-from soundloc_jax import mining
+from soundloc_jax.methods import mining
 
 N, D, K = 300, 16, 10
 

@@ -72,10 +72,11 @@ def _train(mesh, place_batch):
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
   from soundloc_jax import methods, train
+  from soundloc_jax import state as train_state
 
   config = _config()
-  optimizer = train.make_optimizer(config)
-  graphdef, state = train.create_train_state(config, optimizer)
+  optimizer = train_state.make_optimizer(config)
+  graphdef, state = train_state.create_train_state(config, optimizer)
   state = jax.device_put(state, NamedSharding(mesh, P()))
   method = methods.get("icl")
   batches = _batches(config)
@@ -83,7 +84,7 @@ def _train(mesh, place_batch):
   for i, batch in enumerate(batches):
     active = i >= STEPS_OFF
     if i == STEPS_OFF:
-      state = train.refresh_teacher(state)
+      state = train_state.refresh_teacher(state)
     step = train.make_train_step(graphdef, method, config.method, optimizer, active, mesh)
     state, metrics = step(state, place_batch(batch, mesh))
     losses.append(float(jax.device_get(metrics["loss"])))
@@ -111,8 +112,8 @@ def _compare(a, b):
 def _main_mesh(out, num_devices):
   """All `num_devices` devices (XLA_FLAGS set by the caller) on one 'data' mesh."""
   import jax
-  from soundloc_jax import distributed, train
-  train.enable_compilation_cache()
+  from soundloc_jax import distributed
+  distributed.enable_compilation_cache()
   assert jax.device_count() == num_devices, jax.devices()
   result = _train(jax.make_mesh((num_devices,), ("data",),
                                 axis_types=(jax.sharding.AxisType.Auto,)),
@@ -201,10 +202,11 @@ def _final_state(workdir):
   import json as json_lib
   import jax
   import ml_collections
-  from soundloc_jax import checkpointing, train
+  from soundloc_jax import checkpointing
+  from soundloc_jax import state as train_state
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json_lib.load(f))
-  _, abstract = train.create_train_state(config, train.make_optimizer(config))
+  _, abstract = train_state.create_train_state(config, train_state.make_optimizer(config))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   state, _ = ckpt.restore(ckpt.latest_step(), abstract)
   ckpt.close()

@@ -87,7 +87,8 @@ def test_notebook_runs_top_to_bottom_from_a_fresh_install(demo_data_dir, tmp_pat
       "\n".join(f"{k} = {v!r}" for k, v in params.items()),
       metadata={"tags": ["injected-parameters"]}))
   nb.cells.append(nbformat.v4.new_code_cell(
-      "import soundloc_jax, configs\nprint(soundloc_jax.__file__)\nprint(configs.__file__)"))
+      "import soundloc_jax\nfrom soundloc_jax import configs\nprint(soundloc_jax.__file__)\n"
+      "print(configs.__file__)"))
   cwd = tmp_path / "cwd"
   cwd.mkdir()
   NotebookClient(nb, kernel_name=KERNEL, timeout=600,

@@ -8,16 +8,16 @@ and the best checkpoint by `val_r1` is the best validated epoch.
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
-from soundloc_jax import checkpointing, evaluator, input_pipeline, train
+from soundloc_jax import checkpointing, data, errors, train
+from soundloc_jax import state as train_state
 from soundloc_jax.errors import DatasetError
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_test import tiny_config  # noqa: E402
+from soundloc_jax.evaluation import evaluators as evaluator
+from soundloc_jax.evaluation import plots
+from tests.helpers import tiny_config
 
 
 def test_scores_and_ranks_match_a_per_pair_float64_reference():
@@ -66,14 +66,14 @@ class _WithoutBoxes:
 
 def test_unannotated_split_is_scored_by_retrieval(demo_data_dir, tmp_path):
   config = tiny_config(demo_data_dir)
-  name, data_dir = train.prepare_data(config)
-  source = input_pipeline.open_source(name, "validation", data_dir)
-  graphdef, state = train.create_train_state(config, train.make_optimizer(config))
-  full = train.make_predict_fn(graphdef, outputs="all")
+  name, data_dir = data.prepare_data(config)
+  source = data.open_source(name, "validation", data_dir)
+  graphdef, state = train_state.create_train_state(config, train_state.make_optimizer(config))
+  full = train_state.make_predict_fn(graphdef, outputs="all")
   predict = lambda im, sp: full(state["params"], state["batch_stats"], im, sp)  # noqa: E731
 
-  annotated = evaluator.SplitEvaluator("validation", source, config).run(predict,
-                                                                        retrieval=True)
+  annotated = evaluator.SplitEvaluator("validation", source, config,
+                                       ("localization", "retrieval")).run(predict)
   plain = evaluator.SplitEvaluator("validation", source, config).run(predict)
   bare = evaluator.SplitEvaluator("validation", _WithoutBoxes(source), config).run(predict)
   assert "r1" not in plain.metrics and plain.ranks is None
@@ -85,7 +85,7 @@ def test_unannotated_split_is_scored_by_retrieval(demo_data_dir, tmp_path):
     assert bare.metrics[key] == annotated.metrics[key]
   assert "R@1" in bare.describe() and "cIoU" not in bare.describe()
 
-  evaluator.write_report(bare, str(tmp_path), _WithoutBoxes(source), config)
+  plots.write_report(bare, str(tmp_path), _WithoutBoxes(source), config)
   with open(tmp_path / "metrics.json") as f:
     record = json.load(f)
   assert record["r1"] == bare.metrics["r1"] and "ciou" not in record
@@ -123,15 +123,15 @@ def test_trained_model_retrieves_above_chance_and_best_is_kept_by_val_r1(demo_da
 
   # Mean rank of the true image, recomputed from the final checkpoint.
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
-  graphdef, abstract = train.create_train_state(config, train.make_optimizer(config))
+  graphdef, abstract = train_state.create_train_state(config, train_state.make_optimizer(config))
   state, _ = ckpt.restore(ckpt.latest_step(), abstract)
   ckpt.close()
-  full = train.make_predict_fn(graphdef, outputs="all")
-  name, data_dir = train.prepare_data(config)
+  full = train_state.make_predict_fn(graphdef, outputs="all")
+  name, data_dir = data.prepare_data(config)
   res = evaluator.SplitEvaluator("validation",
-                                 input_pipeline.open_source(name, "validation", data_dir),
-                                 config).run(
-      lambda im, sp: full(state["params"], state["batch_stats"], im, sp), retrieval=True)
+                                 data.open_source(name, "validation", data_dir), config,
+                                 ("localization", "retrieval")).run(
+      lambda im, sp: full(state["params"], state["batch_stats"], im, sp))
   np.testing.assert_array_equal(res.metrics["r1"], last["r1"])
   chance_mean, chance_sd = (128 - 1) / 2, np.sqrt((128 ** 2 - 1) / 12 / 128)
   print(f"mean rank {res.ranks.mean():.1f} (chance {chance_mean:.1f} +- {chance_sd:.1f})")
@@ -149,15 +149,15 @@ def test_trained_model_retrieves_above_chance_and_best_is_kept_by_val_r1(demo_da
 
 def test_trainer_validates_an_unannotated_split_by_retrieval(demo_data_dir, tmp_path,
                                                              monkeypatch):
-  original = input_pipeline.open_source
+  original = data.open_source
 
   def open_source(name, split, data_dir):
     source = original(name, split, data_dir)
     return _WithoutBoxes(source) if split == "validation" else source
 
-  monkeypatch.setattr(input_pipeline, "open_source", open_source)
+  monkeypatch.setattr(data, "open_source", open_source)
   # A localization metric cannot pick the best epoch: refused before training.
-  with pytest.raises(train.ConfigError, match=r"best_metric='val_auc'.*val_r1"):
+  with pytest.raises(errors.ConfigError, match=r"best_metric='val_auc'.*val_r1"):
     train.train_and_evaluate(tiny_config(demo_data_dir), str(tmp_path / "auc"))
   assert not os.path.exists(tmp_path / "auc" / "metrics.jsonl")
 

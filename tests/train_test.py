@@ -12,28 +12,12 @@ import numpy as np
 import pytest
 
 from soundloc_jax.configs import iterative
-from soundloc_jax import input_pipeline, methods, train
+from soundloc_jax import errors, evaluate, input_pipeline, methods, train
+from soundloc_jax import state as train_state
+from tests.helpers import assert_trees_equal as _assert_trees_equal
+from tests.helpers import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(data_dir, **overrides):
-  c = iterative.get_config("")
-  c.dataset.data_dir = data_dir
-  c.model.width = 4
-  c.batch_size = 32
-  c.num_epochs = 3
-  c.method.init_epochs = 1
-  c.log_every_steps = 4
-  c.eval.batch_size = 64
-  c.eval.num_overlays = 4
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
 
 
 def _random_batch(config, seed=0):
@@ -43,14 +27,10 @@ def _random_batch(config, seed=0):
           "spectrogram": jnp.asarray(rng.normal(size=(b, 64, 63)).astype(np.float32))}
 
 
-def _assert_trees_equal(a, b):
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
-
-
 def test_teacher_frozen_within_epoch_refreshed_at_boundary_and_gets_no_gradient():
   config = tiny_config("", batch_size=8)
-  optimizer = train.make_optimizer(config)
-  graphdef, state = train.create_train_state(config, optimizer)
+  optimizer = train_state.make_optimizer(config)
+  graphdef, state = train_state.create_train_state(config, optimizer)
   step = train.make_train_step(graphdef, methods.get("icl"), config.method, optimizer,
                                teacher_active=True)
   teacher_before = jax.tree.map(np.asarray, (state["teacher_params"],
@@ -65,7 +45,7 @@ def test_teacher_frozen_within_epoch_refreshed_at_boundary_and_gets_no_gradient(
                                        student_before, state["params"]))
   assert any(moved)
   # Epoch end: equal to the student, in buffers of its own.
-  state = train.refresh_teacher(state)
+  state = train_state.refresh_teacher(state)
   _assert_trees_equal(state["params"], state["teacher_params"])
   _assert_trees_equal(state["batch_stats"], state["teacher_batch_stats"])
   leaf = jax.tree.leaves(state["params"])[0]
@@ -106,7 +86,7 @@ def _final_state(workdir, config):
   from soundloc_jax import checkpointing
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   step = ckpt.latest_step()
-  _, abstract = train.create_train_state(config, train.make_optimizer(config))
+  _, abstract = train_state.create_train_state(config, train_state.make_optimizer(config))
   state, _ = ckpt.restore(step, abstract)
   ckpt.close()
   return step, state
@@ -133,7 +113,7 @@ def test_resumed_run_equals_uninterrupted_run(demo_data_dir, tmp_path):
 
 def test_workdir_with_other_config_is_refused(demo_data_dir, tmp_path):
   train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=2), str(tmp_path))
-  with pytest.raises(train.TrainingError, match="different config"):
+  with pytest.raises(errors.TrainingError, match="different config"):
     train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=4, **{"method.tau": 0.2}),
                              str(tmp_path))
 
@@ -145,7 +125,7 @@ def test_workdir_from_before_a_new_config_field_still_resumes(demo_data_dir, tmp
   recorded = json.loads(path.read_text())
   del recorded["model"]["audio_pool"]  # as written before the field existed
   path.write_text(json.dumps(recorded))
-  with pytest.raises(train.TrainingError, match=r"differs in: model\.audio_pool\)"):
+  with pytest.raises(errors.TrainingError, match=r"differs in: model\.audio_pool\)"):
     train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=4, **{"model.audio_pool": "max"}),
                              str(tmp_path))
   train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=4), str(tmp_path))
@@ -227,17 +207,17 @@ def test_ablation_presets_parse():
 
 def test_audio_front_end_must_match_the_dataset(demo_data_dir, tmp_path):
   config = tiny_config(demo_data_dir, **{"audio.n_mels": 32})
-  with pytest.raises(train.DatasetError, match="n_mels"):
+  with pytest.raises(errors.DatasetError, match="n_mels"):
     train.train_and_evaluate(config, str(tmp_path))
 
 
 def test_nonfinite_step_is_recorded_and_skip_mode_drops_the_update():
   config = tiny_config("", batch_size=8)
-  optimizer = train.make_optimizer(config)
+  optimizer = train_state.make_optimizer(config)
   bad = dict(_random_batch(config))
   bad["spectrogram"] = bad["spectrogram"].at[0, 0, 0].set(jnp.nan)
   for skip in (False, True):
-    graphdef, state = train.create_train_state(config, optimizer)
+    graphdef, state = train_state.create_train_state(config, optimizer)
     step = train.make_train_step(graphdef, methods.get("icl"), config.method, optimizer,
                                  teacher_active=False, skip_nonfinite=skip)
     state, _ = step(state, _random_batch(config, seed=1))
@@ -268,7 +248,7 @@ def test_nonfinite_loss_stops_without_saving_over_a_good_checkpoint(demo_data_di
   monkeypatch.setattr(train.distributed, "global_batch", poisoned)
   config = tiny_config(demo_data_dir, max_steps=6, log_every_steps=5,
                        **{"checkpoint.every_steps": 2})
-  with pytest.raises(train.TrainingError, match=r"at step 3 .*last good checkpoint is step 2"):
+  with pytest.raises(errors.TrainingError, match=r"at step 3 .*last good checkpoint is step 2"):
     train.train_and_evaluate(config, str(tmp_path))
   from soundloc_jax import checkpointing
   ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
@@ -318,13 +298,13 @@ def test_init_from_starts_both_streams_from_another_run(demo_data_dir, tmp_path)
 
   import soundloc_jax
   from soundloc_jax.errors import ConfigError
-  from soundloc_jax.inference import WorkdirError
+  from soundloc_jax.errors import WorkdirError
   source = str(tmp_path / "source")
   train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=2), source)
   trained = soundloc_jax.load(source)
   config = tiny_config(demo_data_dir, max_steps=2, **{"model.init_from": source})
-  _, state = train.create_train_state(config, train.make_optimizer(config))
-  _, fresh = train.create_train_state(tiny_config(demo_data_dir), train.make_optimizer(config))
+  _, state = train_state.create_train_state(config, train_state.make_optimizer(config))
+  _, fresh = train_state.create_train_state(tiny_config(demo_data_dir), train_state.make_optimizer(config))
   for key, want in (("params", trained.params), ("batch_stats", trained.batch_stats),
                     ("teacher_params", trained.params)):
     jax.tree.map(np.testing.assert_array_equal, state[key], want)
@@ -335,16 +315,16 @@ def test_init_from_starts_both_streams_from_another_run(demo_data_dir, tmp_path)
 
   other = tiny_config(demo_data_dir, **{"model.init_from": source, "model.width": 6})
   with pytest.raises(ConfigError, match=r"init_from=.*source.*model\.width: 4 there, 6 here"):
-    train.create_train_state(other, train.make_optimizer(other))
+    train_state.create_train_state(other, train_state.make_optimizer(other))
   other = tiny_config(demo_data_dir, **{"model.init_from": source, "audio.n_mels": 32})
   with pytest.raises(ConfigError, match=r"init_from=.*audio: .*'n_mels': 64.* there"):
-    train.create_train_state(other, train.make_optimizer(other))
+    train_state.create_train_state(other, train_state.make_optimizer(other))
   other = tiny_config(demo_data_dir, **{"model.init_from": source, "model.init_visual": source})
   with pytest.raises(ConfigError, match="init_visual and config.model.init_from are both set"):
-    train.create_train_state(other, train.make_optimizer(other))
+    train_state.create_train_state(other, train_state.make_optimizer(other))
   other = tiny_config(demo_data_dir, **{"model.init_from": str(tmp_path / "nowhere")})
   with pytest.raises(WorkdirError, match="nowhere.*config.json not found"):
-    train.create_train_state(other, train.make_optimizer(other))
+    train_state.create_train_state(other, train_state.make_optimizer(other))
 
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)

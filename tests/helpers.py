@@ -1,0 +1,54 @@
+"""Helpers shared by the test files (imported as `from tests import helpers`;
+media files are written by `tests/media_fixtures.py`)."""
+
+import math
+
+import jax
+import numpy as np
+
+from soundloc_jax.configs import iterative
+
+
+def set_fields(config, overrides: dict):
+  """`config` with dotted `overrides` (`{"method.tau": 0.2}`) set in place."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def tiny_config(data_dir, **overrides):
+  """ICL on the suite's reduced demo build: a width-4 model, batch 32, 3 epochs
+  (the first without a teacher); `overrides` as dotted keys."""
+  c = iterative.get_config("")
+  c.dataset.data_dir = data_dir
+  c.model.width = 4
+  c.batch_size = 32
+  c.num_epochs = 3
+  c.method.init_epochs = 1
+  c.log_every_steps = 4
+  c.eval.batch_size = 64
+  c.eval.num_overlays = 4
+  return set_fields(c, overrides)
+
+
+def assert_trees_equal(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def unit_rows(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def correlated_features(seed, B, h, w, d):
+  """float32 `(visual [B, h, w, d], audio [B, d])`, L2-normalised, whose patches
+  correlate with their own sample's audio at random strengths (so soft-mask
+  thresholds around 0.4-0.65 are exercised)."""
+  rng = np.random.default_rng(seed)
+  a = unit_rows(rng.normal(size=(B, d)))
+  strength = rng.uniform(0.0, 3.0, size=(B, h, w, 1))
+  V = unit_rows(strength * a[:, None, None, :] + rng.normal(size=(B, h, w, d)) / math.sqrt(d))
+  return V.astype(np.float32), a.astype(np.float32)
