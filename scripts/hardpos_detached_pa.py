@@ -6,25 +6,13 @@ take part of P_b's weight; no gradient flows through it.
   python scripts/hardpos_detached_pa.py WORKDIR NEIGHBOURS.npz [SEED] [EPOCHS]
 
 Same settings as the table's other rows (masked negatives, `positives="ba"`,
-seed 0 and 6 epochs by default). It swaps `hardpos_losses.positive_responses`
-for the duration of the run; this is not a config option of the library.
+seed 0 and 6 epochs by default), with `method.detached_positives="a"` (the
+workdir's config.json records it).
 """
 import sys
 
-import jax
-import jax.numpy as jnp
-
-from soundloc_jax.configs import hard_positive
 from soundloc_jax import train
-from soundloc_jax.methods import hardpos as hardpos_losses
-
-_positive_responses = hardpos_losses.positive_responses
-DETACHED = jnp.asarray([False, True, False, False])  # column P_a of (P_b, P_a, P_v, P_c)
-
-
-def _detached_pa(visual_features, audio_embedding, **kwargs):
-  responses = _positive_responses(visual_features, audio_embedding, **kwargs)
-  return jnp.where(DETACHED, jax.lax.stop_gradient(responses), responses)
+from soundloc_jax.configs import hard_positive
 
 
 def main(argv):
@@ -37,11 +25,8 @@ def main(argv):
   config.method.negative_pooling = "masked"
   config.method.neighbours_path = neighbours
   config.method.positives = "ba"
-  hardpos_losses.positive_responses = _detached_pa
-  try:
-    train.train_and_evaluate(config, workdir)
-  finally:
-    hardpos_losses.positive_responses = _positive_responses
+  config.method.detached_positives = "a"
+  train.train_and_evaluate(config, workdir)
 
 
 if __name__ == "__main__":

@@ -198,3 +198,17 @@ def test_unknown_negative_pooling():
   visual, audio, mask = random_case(0)
   with pytest.raises(ValueError, match="negative_pooling"):
     hardpos_losses.hardpos_loss(visual, audio, mask, negative_pooling="max")
+
+
+def test_a_detached_positive_keeps_the_loss_and_passes_no_gradient():
+  """`detached="a"` (scripts/hardpos_detached_pa.py, recorded in config.json as
+  method.detached_positives): P_a still enters P_i, but the audio neighbour A_j
+  (slot 1 of the audio), which only P_a and P_c see, gets no gradient."""
+  visual, audio, mask = random_case(6)
+  loss = lambda a, detached: hardpos_losses.hardpos_loss(  # noqa: E731
+      visual, a, mask, positives="ba", detached=detached)[0]
+  assert float(loss(audio, "a")) == float(loss(audio, ""))
+  free, stopped = jax.grad(loss)(audio, ""), jax.grad(loss)(audio, "a")
+  assert np.abs(free[:, 1]).max() > 1e-4
+  assert np.all(stopped[:, 1] == 0)
+  assert np.abs(stopped[:, 0]).max() > 1e-4  # the base audio still learns

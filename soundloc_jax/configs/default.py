@@ -133,6 +133,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.num_neighbours = 1000
   c.method.positives = "bavc"
   c.method.neighbour_gradient = True
+  c.method.detached_positives = ""   # a diagnostic: positives whose logit gets no gradient
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"          # adam | adamw | sgd (state.OPTIMIZERS)

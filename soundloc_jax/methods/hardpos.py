@@ -46,6 +46,9 @@ Interpretation choices (the paper leaves these open):
   hard-positive terms move only the base image and audio. A diagnostic and
   a deviation from the paper: the neighbours appear in no negative, so
   their gradient is a pull toward the base pair alone (see the README).
+* `detached` (default "", none): positives (letters of "bavc") whose logit
+  enters P_i without a gradient, a diagnostic of which term drives training
+  (scripts/hardpos_detached_pa.py; not in the paper).
 * L = -mean_i log(P_i / (P_i + N_i)) (Eq. 6), computed per row as
   softplus(logsumexp(negative logits) - logsumexp(positive logits)). A row
   without negatives contributes exactly 0.
@@ -103,7 +106,7 @@ def negative_scores(visual_features, audio_embedding, *, pooling="mean", epsilon
 
 def hardpos_loss(visual_features, audio_embedding, negative_mask, *, epsilon=0.65,
                  mask_tau=0.03, temperature=0.07, negative_pooling="mean", positives="bavc",
-                 neighbour_gradient=True):
+                 neighbour_gradient=True, detached=""):
   """HardPos Eq. 5-6 (rules in the module docstring). Returns `(loss, aux)`."""
   if negative_pooling not in NEGATIVE_POOLINGS:
     raise ValueError(f"hardpos_loss: negative_pooling {negative_pooling!r} not in "
@@ -115,6 +118,9 @@ def hardpos_loss(visual_features, audio_embedding, negative_mask, *, epsilon=0.6
     visual_features, audio_embedding = stop_slot1(visual_features), stop_slot1(audio_embedding)
   positives = positive_responses(visual_features, audio_embedding, epsilon=epsilon,
                                  mask_tau=mask_tau)
+  if detached:
+    stopped = jnp.asarray([t in detached for t in POSITIVE_TERMS])
+    positives = jnp.where(stopped, jax.lax.stop_gradient(positives), positives)
   negatives = negative_scores(visual_features, audio_embedding, pooling=negative_pooling,
                               epsilon=epsilon, mask_tau=mask_tau)
   mask = negative_mask.astype(bool)
@@ -139,7 +145,7 @@ def hardpos_loss(visual_features, audio_embedding, negative_mask, *, epsilon=0.6
 
 # ----------------------------------------------------------------------------
 # Registry entry (config.method fields: epsilon, mask_tau, temperature,
-# negative_pooling, positives, neighbour_gradient, and for the neighbour sets
+# negative_pooling, positives, neighbour_gradient, detached_positives, and for the neighbour sets
 # neighbours, neighbours_path, num_neighbours; configs/hard_positive.py).
 # Batches carry one audio and one visual neighbour per row
 # (`input_pipeline.train_iterator(neighbours=...)`); the model ran on the
@@ -153,7 +159,8 @@ def _method_loss(outputs, teacher_outputs, batch, cfg, rng):
   return hardpos_loss(visual, audio, batch["negative_mask"], epsilon=cfg.epsilon,
                       mask_tau=cfg.mask_tau, temperature=cfg.temperature,
                       negative_pooling=cfg.negative_pooling, positives=cfg.positives,
-                      neighbour_gradient=cfg.neighbour_gradient)
+                      neighbour_gradient=cfg.neighbour_gradient,
+                      detached=cfg.detached_positives)
 
 
 def _check_config(cfg):
@@ -161,6 +168,9 @@ def _check_config(cfg):
     positive_columns(cfg.positives)
   except ValueError as e:
     raise ConfigError(f"config.method.positives: {e}") from None
+  if set(cfg.detached_positives) - set(POSITIVE_TERMS):
+    raise ConfigError(f"config.method.detached_positives={cfg.detached_positives!r} must be "
+                      f"letters of {POSITIVE_TERMS!r}")
   check_negative_pooling(cfg)
 
 
