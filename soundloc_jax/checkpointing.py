@@ -128,7 +128,8 @@ def _tree_shapes(tree, prefix="") -> dict:
 
 def _field_for(path: str) -> str:
   if path.startswith("opt_state"):
-    return "optimizer.name / optimizer.grad_clip_norm (the optimizer state differs)"
+    return ("optimizer.name / optimizer.schedule / optimizer.warmup_steps / "
+            "optimizer.grad_clip_norm (the optimizer state differs)")
   if path.startswith(("params", "batch_stats", "teacher")):
     return "model.width"
   return "the training config"

@@ -17,8 +17,11 @@ Train state (a plain dict pytree, replicated over the mesh, donated to the step)
   `skipped_steps`        how many updates `nonfinite="skip"` dropped
 
 Optimizer (`make_optimizer`): `config.optimizer.name` picks an entry of
-`OPTIMIZERS`, at `config.optimizer.learning_rate`; with `grad_clip_norm` > 0
-the global gradient norm is clipped first.
+`OPTIMIZERS`; its learning rate follows `learning_rate_schedule` (a linear
+warmup from 0 over `warmup_steps`, then `SCHEDULES[schedule]`); with
+`grad_clip_norm` > 0 the global gradient norm is clipped first. The default
+(constant rate, no warmup) passes the rate as a number, as before schedules
+existed, so its optimizer state and checkpoints are unchanged.
 """
 
 from __future__ import annotations
@@ -35,21 +38,47 @@ from soundloc_jax import audio, checkpointing, workdir
 from soundloc_jax.errors import ConfigError
 from soundloc_jax.models import av_model
 
-# name -> (learning rate, config.optimizer) -> optax transformation.
+# name -> (learning rate or schedule, config.optimizer) -> optax transformation.
 OPTIMIZERS = {
     "adam": lambda lr, oc: optax.adam(lr),
     "adamw": lambda lr, oc: optax.adamw(lr, weight_decay=oc.weight_decay),
     "sgd": lambda lr, oc: optax.sgd(lr, momentum=0.9),
 }
+# name -> (peak rate, steps after the warmup) -> schedule over those steps.
+SCHEDULES = {
+    "constant": lambda peak, steps: optax.constant_schedule(peak),
+    # Cosine from the peak to 0, which it reaches when the last step is done.
+    "cosine": lambda peak, steps: optax.cosine_decay_schedule(peak, decay_steps=max(steps, 1)),
+}
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """The optimizer `config.optimizer` describes (module docstring)."""
+def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
+  """The learning rate at each step (0-based count of updates done) of a run of
+  `total_steps` steps (`steps_per_epoch * num_epochs`)."""
+  oc = config.optimizer
+  if oc.schedule not in SCHEDULES:
+    raise ConfigError(f"config.optimizer.schedule: unknown schedule {oc.schedule!r}; "
+                      f"available: {', '.join(SCHEDULES)}")
+  warmup = int(oc.warmup_steps)
+  if warmup < 0:
+    raise ConfigError(f"config.optimizer.warmup_steps must be >= 0, got {warmup}")
+  after = SCHEDULES[oc.schedule](oc.learning_rate, total_steps - warmup)
+  if not warmup:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, oc.learning_rate, warmup), after],
+                              [warmup])
+
+
+def make_optimizer(config, total_steps: int = 0) -> optax.GradientTransformation:
+  """The optimizer `config.optimizer` describes, for a run of `total_steps`
+  steps (only the cosine schedule needs it; module docstring)."""
   oc = config.optimizer
   if oc.name not in OPTIMIZERS:
     raise ConfigError(f"config.optimizer.name: unknown optimizer {oc.name!r}; "
                       f"available: {', '.join(OPTIMIZERS)}")
-  opt = OPTIMIZERS[oc.name](oc.learning_rate, oc)
+  schedule = learning_rate_schedule(config, total_steps)
+  constant = oc.schedule == "constant" and not oc.warmup_steps
+  opt = OPTIMIZERS[oc.name](oc.learning_rate if constant else schedule, oc)
   if oc.grad_clip_norm:
     opt = optax.chain(optax.clip_by_global_norm(oc.grad_clip_norm), opt)
   return opt

@@ -125,7 +125,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                 config.seed).steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
   stop_step = min(total_steps, config.max_steps) if config.max_steps else total_steps
-  optimizer = state_lib.make_optimizer(config)
+  optimizer = state_lib.make_optimizer(config, total_steps)
+  schedule = state_lib.learning_rate_schedule(config, total_steps)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep)
   latest = ckpt.latest_step()
@@ -173,8 +174,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     now = time.time()
     rate = samples_since_log / max(now - t_log, 1e-9)
     eta = (stop_step - n) * (now - t_start) / (n - start_step)
+    lr = float(schedule(n - 1 - int(jax.device_get(state["skipped_steps"]))))
     writer.write({"step": n, "epoch": epoch, "split": "train", "samples_per_s": rate,
-                  "teacher": active, **metrics},
+                  "teacher": active, **metrics, "learning_rate": lr},
                  f"step {n}/{stop_step} epoch {epoch} loss {metrics['loss']:.4f}"
                  f" {rate:.0f} samples/s ETA {workdir_lib.format_eta(eta)}")
     t_log, samples_since_log = now, 0

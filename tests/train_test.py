@@ -332,3 +332,45 @@ def test_init_from_starts_both_streams_from_another_run(demo_data_dir, tmp_path)
   config.max_steps = 4  # resumable key: the same run goes on without the source
   train.train_and_evaluate(config, workdir)
   assert soundloc_jax.load(workdir).step == 4
+
+
+def test_learning_rate_schedules_and_warmup():
+  config = tiny_config("")
+  constant = train_state.learning_rate_schedule(config, 100)
+  assert [float(constant(s)) for s in (0, 50, 99)] == [config.optimizer.learning_rate] * 3
+  lr = config.optimizer.learning_rate = 0.1
+  config.optimizer.schedule, config.optimizer.warmup_steps = "cosine", 10
+  cosine = train_state.learning_rate_schedule(config, 110)
+  # Linear warmup from 0 over 10 steps, then half a cosine over the other 100,
+  # reaching 0 when the last step is done.
+  np.testing.assert_allclose([float(cosine(s)) for s in (0, 5, 10, 35, 60, 85, 110)],
+                             [0, lr / 2, lr, lr * (1 + np.cos(np.pi / 4)) / 2, lr / 2,
+                              lr * (1 + np.cos(3 * np.pi / 4)) / 2, 0], atol=1e-7)
+  config.optimizer.schedule = "linear"
+  with pytest.raises(errors.ConfigError, match="optimizer.schedule: unknown schedule 'linear'"):
+    train_state.make_optimizer(config, 110)
+
+
+def test_the_optimizer_follows_the_schedule_and_the_rate_is_logged(demo_data_dir, tmp_path):
+  """With a warmup from 0 the first update changes nothing and the second does;
+  each train record holds the rate its step used."""
+  config = tiny_config(demo_data_dir, max_steps=4, log_every_steps=1,
+                       **{"optimizer.schedule": "cosine", "optimizer.warmup_steps": 2})
+  total = (768 // 32) * config.num_epochs
+  optimizer = train_state.make_optimizer(config, total)
+  graphdef, state = train_state.create_train_state(config, optimizer)
+  step = train.make_train_step(graphdef, methods.get("icl"), config.method, optimizer,
+                               teacher_active=False)
+  init = jax.tree.map(np.asarray, state["params"])
+  state, _ = step(state, _random_batch(config, seed=0))
+  _assert_trees_equal(init, state["params"])
+  after_one = jax.tree.map(np.asarray, state["params"])
+  state, _ = step(state, _random_batch(config, seed=1))
+  assert any(jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)),
+                                          after_one, state["params"])))
+  train.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl") as f:
+    logged = [r["learning_rate"] for r in map(json.loads, f) if r["split"] == "train"]
+  schedule = train_state.learning_rate_schedule(config, total)
+  np.testing.assert_allclose(logged, [float(schedule(s)) for s in range(4)], rtol=1e-6)
+  assert logged[0] == 0.0 and logged[2] == pytest.approx(config.optimizer.learning_rate)
