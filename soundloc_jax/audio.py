@@ -21,6 +21,7 @@ The output is float32 `[freq, time]`; the model adds the channel axis.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -116,3 +117,24 @@ def params_dict(params: Any) -> dict:
   if kind not in KIND_KEYS:
     raise ValueError(f"unknown audio front end kind {kind!r}")
   return {k: _get(params, k) for k in KIND_KEYS[kind]}
+
+
+def differing_keys(recorded: Mapping, params: Any) -> list[str]:
+  """Keys in which a recorded front end (a dataset's metadata, `params_dict`
+  form) and `params` (e.g. `config.audio`) differ: every key of the record,
+  whether or not `params`' kind reads it, and every key `params`' kind reads
+  that the record lacks. Numbers compare as floats (16000 == 16000.0)."""
+
+  def value(key):
+    try:
+      return _get(params, key)
+    except (KeyError, AttributeError):
+      return None
+
+  def same(a, b):
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+      return math.isclose(float(a), float(b))
+    return a == b
+
+  keys = list(recorded) + [k for k in params_dict(params) if k not in recorded]
+  return [k for k in keys if k not in recorded or not same(recorded[k], value(k))]

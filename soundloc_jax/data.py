@@ -16,7 +16,6 @@ config whose audio front end is not the one the dataset was built with;
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 
 import jax
@@ -87,25 +86,20 @@ def dataset_fingerprint(name: str, data_dir: str) -> dict:
 
 def check_audio_matches(name: str, data_dir: str, config) -> None:
   """The dataset's recorded front end must equal config.audio (else the model
-  would train on spectrograms it will never see at inference)."""
+  would train on spectrograms it will never see at inference); the error
+  lists every key that differs (`audio.differing_keys`)."""
   import tensorflow_datasets as tfds
   metadata = tfds.builder(name, data_dir=data_dir).info.metadata or {}
   recorded = metadata.get("audio")
   if recorded is None:
     return
-  expected = audio.params_dict(config.audio)
-
-  def same(a, b):
-    if isinstance(b, (int, float)):
-      return math.isclose(float(a), float(b))
-    return a == b
-
-  differ = [k for k, v in expected.items() if k in recorded and not same(recorded[k], v)]
+  recorded = dict(recorded)
+  differ = audio.differing_keys(recorded, config.audio)
   if differ:
+    ours = {k: config.audio[k] if k in config.audio else None for k in differ}
     raise DatasetError(
-        f"dataset {name!r} was built with audio front end "
-        f"{ {k: recorded[k] for k in expected if k in recorded} }, but config.audio is "
-        f"{expected} (differs in {', '.join(differ)}); set --config.audio.* to match or "
+        f"dataset {name!r} was built with audio front end {recorded}, but config.audio "
+        f"differs in {', '.join(differ)} ({ours}); set --config.audio.* to match or "
         "rebuild the dataset")
 
 

@@ -334,6 +334,23 @@ def test_init_from_starts_both_streams_from_another_run(demo_data_dir, tmp_path)
   assert soundloc_jax.load(workdir).step == 4
 
 
+def test_audio_mismatch_lists_every_differing_key(demo_data_dir):
+  """Keys the configured front end does not read differ too, and so does a
+  missing one: a log_mel config against an lvs_psd dataset (and back)."""
+  from soundloc_jax import audio, data
+  from soundloc_jax.configs import default
+  config_audio = default.audio_config(audio.DEMO)  # log_mel
+  config_audio.noverlap = 300  # not read by log_mel; the record's is 353
+  assert audio.differing_keys(audio.params_dict(audio.LVS_TRAIN), config_audio) == [
+      "kind", "clip_seconds", "noverlap", "n_fft", "hop_length", "n_mels"]
+  assert audio.differing_keys(audio.params_dict(audio.DEMO), default.audio_config(audio.DEMO)) == []
+  # The demo dataset (log_mel) with an lvs_psd config: one error naming all.
+  config = tiny_config(demo_data_dir, **{"audio.kind": "lvs_psd"})
+  name, data_dir = data.prepare_data(config)
+  with pytest.raises(errors.DatasetError, match=r"differs in kind, nperseg, noverlap "):
+    data.check_audio_matches(name, data_dir, config)
+
+
 def test_learning_rate_schedules_and_warmup():
   config = tiny_config("")
   constant = train_state.learning_rate_schedule(config, 100)
