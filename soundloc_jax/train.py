@@ -7,6 +7,8 @@ donated) of the student, the validation split is scored by the evaluators of
 `config.evals.validation` and a checkpoint is written. Rerunning the same
 command resumes from the last complete checkpoint, and since the input stream
 is a pure function of the step the resumed run equals an uninterrupted one.
+A run of 0 steps (`num_epochs=0`) saves the untrained model as step 0, so it
+loads and scores like any run.
 
 The pieces live next door: the train state, optimizer and forward passes in
 `state`, the workdir's records and metrics writer in `workdir`, datasets and
@@ -225,6 +227,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       last_metrics = validate(n, epoch)
     if save_now:
       save(n, epoch, epoch_end)
+  if latest is None and stop_step == 0:  # num_epochs=0: the untrained model, as step 0
+    ckpt.save(0, state, {"step": 0, "epoch": -1, "epoch_complete": True})
   bar.close()
   ckpt.wait()
   if best is not None:

@@ -351,6 +351,17 @@ def test_audio_mismatch_lists_every_differing_key(demo_data_dir):
     data.check_audio_matches(name, data_dir, config)
 
 
+def test_zero_epochs_saves_the_untrained_model_as_step_0(demo_data_dir, tmp_path):
+  import soundloc_jax
+  config = tiny_config(demo_data_dir, num_epochs=0)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  untrained = soundloc_jax.load(str(tmp_path))
+  assert untrained.step == 0
+  _, fresh = train_state.create_model_state(config)
+  _assert_trees_equal(untrained.params, fresh["params"])
+  assert evaluate.evaluate_checkpoint(config, str(tmp_path)) == result["test"]
+
+
 def test_learning_rate_schedules_and_warmup():
   config = tiny_config("")
   constant = train_state.learning_rate_schedule(config, 100)
