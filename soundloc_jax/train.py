@@ -111,11 +111,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data.check_audio_matches(name, data_dir, config)
   val_eval = evaluators.SplitEvaluator(ds_cfg.validation_split, val_source, config,
                                        config.evals.validation)
-  best_key = config.checkpoint.best_metric
-  if best_key and best_key not in ("val_r1", "val_r5") and not val_eval.annotated:
-    raise ConfigError(f"config.checkpoint.best_metric={best_key!r} needs localization "
-                      f"annotations, which validation split {ds_cfg.validation_split!r} of "
-                      f"{name!r} lacks; use val_r1 or val_r5 (held-out retrieval)")
+  val_eval.check_metric(config.checkpoint.best_metric, "config.checkpoint.best_metric",
+                        prefix="val_", dataset=name)
   # Auto axis: XLA propagates shardings (the loss's all-pairs logits need a
   # gathered batch), we only pin the inputs and the state.
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
@@ -197,9 +194,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def save(n, epoch, epoch_end):
     meta = {"step": n, "epoch": epoch, "epoch_complete": bool(epoch_end), **last_metrics}
-    if epoch_end and best is not None and last_metrics and best.metric not in last_metrics:
-      raise ConfigError(f"config.checkpoint.best_metric={best.metric!r} is not a validation "
-                        f"metric; available: {', '.join(sorted(last_metrics))}")
     if epoch_end and best is not None:
       best.update(n, state, meta)
     ckpt.save(n, state, meta)

@@ -172,3 +172,43 @@ def test_trainer_validates_an_unannotated_split_by_retrieval(demo_data_dir, tmp_
   assert best.all_steps() == [768 // 32]
   best.close()
   assert os.listdir(workdir / "overlays") == ["validation_epoch_000.png"]
+
+
+def test_unannotated_validation_computes_no_localization_number(demo_data_dir, tmp_path,
+                                                                 monkeypatch):
+  """Issue 14: on a split without boxes no cIoU, AUC or pointing number is
+  computed, logged or written; `best_metric` is checked against what the
+  validation split reports before training (one ConfigError naming the key and
+  the split), retrieval metrics pass, and an unknown key is refused at start-up
+  on an annotated split too."""
+  original = data.open_source
+  bare = lambda name, split, data_dir: (  # noqa: E731
+      _WithoutBoxes(original(name, split, data_dir)) if split == "validation"
+      else original(name, split, data_dir))
+  with pytest.raises(errors.ConfigError, match=r"best_metric='val_nope' .*split 'validation'"):
+    train.train_and_evaluate(tiny_config(demo_data_dir, **{"checkpoint.best_metric": "val_nope"}),
+                             str(tmp_path / "nope"))
+  assert not os.path.exists(tmp_path / "nope" / "metrics.jsonl")
+  monkeypatch.setattr(data, "open_source", bare)
+  for key in ("val_pointing", "val_ciou_median"):
+    with pytest.raises(errors.ConfigError, match=rf"best_metric='{key}' .*split 'validation'"):
+      train.train_and_evaluate(tiny_config(demo_data_dir, **{"checkpoint.best_metric": key}),
+                               str(tmp_path / key))
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("a localization number was computed on an unannotated split")
+
+  from soundloc_jax.evaluation import protocol
+  monkeypatch.setattr(protocol, "evaluate_maps", refuse)
+  monkeypatch.setattr(protocol, "pointing_hits", refuse)
+  workdir = tmp_path / "run"  # one epoch end, stopped before the (annotated) test split
+  train.train_and_evaluate(tiny_config(demo_data_dir, num_epochs=2, max_steps=768 // 32, **{
+      "checkpoint.best_metric": "val_median_rank"}), str(workdir))
+  with open(workdir / "metrics.jsonl") as f:
+    val = [r for r in map(json.loads, f) if r["split"] == "validation"]
+  assert len(val) == 1 and "r1" in val[0]
+  assert not {"ciou", "auc", "pointing", "ciou_median", "auc_median"} & set(val[0])
+  best = checkpointing.Checkpointer(str(workdir / "checkpoints_best"))
+  assert best.all_steps() == [768 // 32]
+  assert "val_ciou" not in best.restore_meta(best.latest_step())
+  best.close()

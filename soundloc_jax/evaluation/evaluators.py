@@ -194,6 +194,18 @@ class SplitEvaluator:
     self.annotated = annotations.source_is_annotated(source)
     self.evaluators = [EVALUATORS[n] for n in evaluator_names(evals, self.annotated, config)]
 
+  def check_metric(self, key: str, what: str, prefix: str = "", dataset: str = "") -> None:
+    """ConfigError (naming `what`, e.g. "config.checkpoint.best_metric", and the
+    split) unless `key` ("" = none) is `prefix` + a metric this split reports:
+    checked before anything runs (an unannotated split reports no localization)."""
+    available = [prefix + m for m in dict.fromkeys(
+        m for e in self.evaluators for m in e.metrics)]
+    if key and key not in available:
+      why = "" if self.annotated else ", which has no localization annotations"
+      of = f" of {dataset!r}" if dataset else ""
+      raise ConfigError(f"{what}={key!r} is not a metric of split {self.name!r}{of}{why}; "
+                        f"available: {', '.join(available)}")
+
   def run(self, predict_fn) -> EvalResult:
     outputs = self._collect(predict_fn, any(e.needs_features for e in self.evaluators))
     metrics, per_sample, summary = {}, {}, {}
