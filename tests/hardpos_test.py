@@ -5,6 +5,7 @@ Pipeline tests run on a small in-memory source (a list of example dicts, as
 the mining and training tests use the suite's reduced demo build (768 train).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+import soundloc_jax
 from soundloc_jax.configs import hard_positive, lvs
 from soundloc_jax import data, input_pipeline, mine, train
 from soundloc_jax import state as train_state
@@ -247,6 +249,29 @@ def test_hardpos_resumed_run_equals_uninterrupted(baseline, demo_data_dir, tmp_p
                  a[key], b[key])
   with open(tmp_path / "full" / "metrics.jsonl") as f:
     assert '"negatives_per_row"' in f.read()
+
+
+def test_workdir_from_before_method_positives_still_resumes(baseline, demo_data_dir, tmp_path):
+  """The resume bug of issue 16: a HardPos workdir recorded before
+  `method.positives` existed was refused, because the defaults it was checked
+  against (configs/default.py) had no method fields. At its default the field
+  is not a change; set otherwise, it is one, named."""
+  _, path = baseline
+
+  def config(max_steps, **overrides):
+    return demo_config(hard_positive.get_config(""), demo_data_dir, max_steps=max_steps,
+                       **{"method.neighbours_path": path, "method.num_neighbours": 50,
+                          **overrides})
+
+  train.train_and_evaluate(config(2), str(tmp_path))
+  recorded = json.loads((tmp_path / "config.json").read_text())
+  del recorded["method"]["positives"]  # as written before the field existed
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  with pytest.raises(UserError, match=r"differs in: method\.positives\)"):
+    train.train_and_evaluate(config(4, **{"method.positives": "ba"}), str(tmp_path))
+  train.train_and_evaluate(config(4), str(tmp_path))
+  assert json.loads((tmp_path / "config.json").read_text())["method"]["positives"] == "bavc"
+  assert soundloc_jax.load(str(tmp_path)).step == 4
 
 
 def test_mine_and_train_errors_are_one_line(demo_data_dir, tmp_path):
