@@ -156,16 +156,8 @@ def _cases(c):
   }
 
 
-CASES = ["unknown config key", "ill-typed config value (int)", "ill-typed config value (bool)",
-         "unknown config value", "bad method value (HardPos positives)", "unknown preset",
-         "missing config file", "dataset not built",
-         "workdir holds a different config", "init_from a run of another model",
-         "checkpoint of another model (--mode=eval)",
-         "missing image", "corrupt image", "huge image (over 50 MP)",
-         "grayscale image (converted)", "CMYK image (converted)", "palette image (converted)",
-         "zero-length audio", "empty audio file", "text as audio", "unsupported audio extension",
-         "video as audio", "video without audio (--video)", "8 kHz audio (resampled)", "44.1 kHz audio (resampled)",
-         "workdir without checkpoint", "checkpoint of another model", "missing workdir"]
+# The case names come from the table itself (its paths do not matter for that).
+CASES = list(_cases({"d": "", "workdir": "", "data_dir": ""}))
 
 
 def _run(case, capsys):
@@ -176,10 +168,6 @@ def _run(case, capsys):
   proc = subprocess.run([sys.executable, "-m", "soundloc_jax.main", *case.argv], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
   return proc.returncode, proc.stdout, proc.stderr
-
-
-def test_the_table_covers_every_case(ctx):
-  assert sorted(_cases(ctx)) == sorted(CASES)
 
 
 @pytest.mark.parametrize("name", CASES)

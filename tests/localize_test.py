@@ -70,6 +70,36 @@ def test_localize_equals_trainer_forward_and_protocol_map(localizer, workdir, ex
   assert localizer.step == 2
 
 
+def test_localize_equals_the_split_evaluator_on_the_same_checkpoint_and_example(
+    workdir, localizer, example, demo_data_dir):
+  """The evaluator's numbers for an example are the Localizer's: test example 3
+  (its image, box and label; its sound as `localize` computes the spectrogram)
+  scored by SplitEvaluator with the trainer's restore and predict function
+  gives the Localizer's response, heatmap and cIoU."""
+  from soundloc_jax.evaluation import evaluators
+  image, wave = example
+  config = tiny_config(demo_data_dir, **{"eval.batch_size": 1})  # the Localizer's batch
+  name, data_dir = data.prepare_data(config)
+  raw = data.open_source(name, "test", data_dir)[3]
+  spectrogram = audio.log_spectrogram(wave, 16000, config.audio)
+  one = [dict(raw, spectrogram=spectrogram)]  # a one-example split
+  graphdef, abstract = train_state.create_train_state(config, train_state.make_optimizer(config))
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  state, _ = ckpt.restore(ckpt.latest_step(), abstract)
+  ckpt.close()
+  predict = train_state.make_predict_fn(graphdef, outputs="all")
+  result = evaluators.SplitEvaluator("one", one, config).run(
+      lambda im, sp: predict(state["params"], state["batch_stats"], im, sp))
+  np.testing.assert_allclose(result.responses[0], localizer.response(image, wave, 16000),
+                             atol=1e-6)
+  heat = localizer.localize(image, wave, 16000)
+  np.testing.assert_allclose(protocol.localization_map(result.responses, 64)[0], heat, atol=1e-6)
+  on = protocol.binarize(localizer.response(image, wave, 16000), protocol="fixed",
+                         threshold=config.eval.threshold, size=config.eval.size)
+  assert result.cious[0] == protocol.ciou(on, result.gt_maps[0])
+  assert result.metrics["n"] == 1 and result.localized
+
+
 def test_grayscale_rgba_stereo_and_resampled_inputs(localizer, example):
   import librosa
   image, wave = example

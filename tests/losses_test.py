@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from soundloc_jax.methods import icl
 from soundloc_jax.methods.icl import contrastive_loss, icl_loss, normalize_response
 
 RTOL = 1e-5
@@ -110,9 +111,11 @@ def ref_y(ta, delta_a, use_inter):
 
 
 def ref_icl(V, a, tr, ta, *, tau, delta_v, delta_a, use_itr=True, use_intra=True,
-            use_inter=True, pos_inclusive=False, neg_inclusive=False):
+            use_inter=True, pos_inclusive=False, neg_inclusive=False, keep=None):
     """Eq. 4-7.  pos_inclusive / neg_inclusive deliberately break the strictness
-    (>= / <= instead of > / <) so that a test can show the edge case is exercised."""
+    (>= / <= instead of > / <) so that a test can show the edge case is exercised.
+    `keep` = (pos_keep, neg_keep) bool [B, h, w]: the paper's random sampling,
+    each set restricted to its kept patches (a set left empty stays whole)."""
     V = np.asarray(V, dtype=np.float64)
     a = np.asarray(a, dtype=np.float64)
     B, h, w, _ = V.shape
@@ -131,6 +134,10 @@ def ref_icl(V, a, tr, ta, *, tau, delta_v, delta_a, use_itr=True, use_intra=True
                 pos.append((yy, xx))
             if (r <= delta_v) if neg_inclusive else (r < delta_v):
                 neg.append((yy, xx))
+        if keep is not None:
+            kept_pos = [p for p in pos if keep[0][i][p]]
+            kept_neg = [p for p in neg if keep[1][i][p]]
+            pos, neg = kept_pos or pos, kept_neg or neg
         v_plus = _mean_patches(V[i], pos if use_itr else all_patches)
         v_minus = _mean_patches(V[i], neg) if neg else None
         num = 0.0
@@ -548,12 +555,28 @@ def test_sample_fraction_one_is_deterministic_and_ignores_rng():
     np.testing.assert_allclose(vals[0], ref, rtol=RTOL, atol=ATOL)
 
 
-def test_sample_fraction_half_is_finite():
-    V, a, tr, ta = make_inputs(82, 4, 4, 16)
-    for key in (0, 1):
-        loss, _ = run_icl(V, a, tr, ta, COMBOS["full"], sample_fraction=0.5,
-                          rng=jax.random.key(key))
-        assert np.isfinite(float(loss))
+def test_sample_fraction_half_averages_a_random_half_of_each_patch_set():
+    """sample_fraction=0.5 keeps each positive / negative patch with probability
+    1/2 (keys split from the step's rng): the loss equals the reference over
+    exactly the kept patches, the kept share is about half, and other keys keep
+    other patches."""
+    V, a, tr, ta = make_inputs(82, 8, 7, 16)
+    full = run_icl(V, a, tr, ta, COMBOS["full"])
+    full_fraction = float(full[1]["positive_patch_fraction"])
+    losses = []
+    for key in (0, 1, 2):
+        rng = jax.random.key(key)
+        loss, aux = run_icl(V, a, tr, ta, COMBOS["full"], sample_fraction=0.5, rng=rng)
+        pos_rng, neg_rng = jax.random.split(rng)
+        positive, negative, _ = icl.pseudo_label_masks(jnp.asarray(tr), DELTA_V)
+        keep = (np.asarray(icl.subsample_patches(positive, 0.5, pos_rng)),
+                np.asarray(icl.subsample_patches(negative, 0.5, neg_rng)))
+        ref = run_ref(V, a, tr, ta, COMBOS["full"], keep=keep)
+        np.testing.assert_allclose(float(loss), ref, rtol=RTOL, atol=ATOL)
+        # ~196 positive patches: half of them kept, within 4 standard deviations.
+        assert 0.35 < float(aux["positive_patch_fraction"]) / full_fraction < 0.65
+        losses.append(float(loss))
+    assert len(set(losses)) == 3 and float(full[0]) not in losses
     check_grads(V, a, tr, ta, COMBOS["full"], sample_fraction=0.5, rng=jax.random.key(0))
 
 
