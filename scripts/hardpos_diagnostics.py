@@ -60,7 +60,8 @@ def main(workdirs):
     pos_all, neg_all, hits, cos_aa, cos_other = [], [], [], [], []
     for batch in it:
       b = batch["image"].shape[0]
-      out = forward(loc.params, loc.batch_stats, *state.model_inputs(batch, method.needs_neighbours))
+      inputs = state.model_inputs(batch, method.needs_neighbours)
+      out = forward(loc.params, loc.batch_stats, *inputs)
       v = np.asarray(out["visual_features"], np.float32)
       v = v.reshape((b, 2) + v.shape[1:])
       a = np.asarray(out["audio_embedding"], np.float32).reshape(b, 2, -1)

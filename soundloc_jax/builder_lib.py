@@ -1,25 +1,23 @@
 """Shared parts of the real-dataset builders: stored views, features, parallel preparation.
 
-A builder lists its examples as plain `Task`s (file paths, a frame time,
-raw boxes) and hands them to `prepare_all`, which decodes and prepares them
-over N processes (`BuildOptions.num_workers`, default all cores) and yields
-`(id, example)` for TFDS. Stored views: a training frame has its shorter side
-resized to `TRAIN_SHORTER` = int(1.1 * 224) = 246 (bicubic, width kept in
-proportion), the size the training augmentation crops 224 from, JPEG-encoded
-(quality 95: ~7x smaller than raw uint8, ~2 ms to decode; see
-benchmarks/RESULTS.md); a test frame is the LVS test view (shorter side 224,
-centre crop 224), stored losslessly as PNG, which `input_pipeline.eval_image`
-uses as is. All splits share one feature set (`features`).
-Audio: every split stores `spectrogram` float16 of the builder config's front
-end (`audio.log_spectrogram` on `clip_seconds` around the frame); test
-splits also store `waveform`, the first 10 s at 16 kHz as int16 (x 32768,
-as the LVS test code's `soundfile.read` sees its 16-bit wavs), for the exact
-LVS test front end. Bad files: by default the first missing or corrupt media
-file stops the build with a `DatasetError` naming it; with `skip_bad` (config
-field or `SOUNDLOC_BUILD_SKIP_BAD=1`) such examples are skipped, counted,
-logged and listed in `info.metadata["skipped"]`. Beyond one machine, `beam`
-(config field or `SOUNDLOC_BUILD_BEAM=1`) prepares the same examples in an
-Apache Beam pipeline (`examples`).
+A builder (a `RealDataBuilder`) lists its examples as plain `Task`s (file
+paths, a frame time, raw boxes); `prepare_all` decodes and prepares them over
+N processes (`BuildOptions.num_workers`, default all cores) and yields `(id,
+example)` for TFDS. Stored views: a training frame has its shorter side
+resized to `TRAIN_SHORTER` = int(1.1 * 224) = 246 (bicubic), the size the
+training augmentation crops 224 from, JPEG-encoded (quality 95: ~7x smaller
+than raw uint8, ~2 ms to decode; benchmarks/RESULTS.md); a test frame is the
+LVS test view (shorter side 224, centre crop), stored as PNG, which
+`input_pipeline.eval_image` uses as is. All splits share one feature set.
+Audio: every split stores `spectrogram` float16 of the config's front end
+(`audio.log_spectrogram` on `clip_seconds` around the frame); test splits
+also store `waveform`, the first 10 s at 16 kHz as int16 (x 32768, as the LVS
+test code's `soundfile.read` sees its 16-bit wavs), for the exact LVS test
+front end. A missing or corrupt media file stops the build with a
+`DatasetError` naming it; with `skip_bad` (config field or
+`SOUNDLOC_BUILD_SKIP_BAD=1`) it is skipped, counted, logged and listed in
+`info.metadata["skipped"]`. `beam` (or `SOUNDLOC_BUILD_BEAM=1`) prepares the
+examples in an Apache Beam pipeline instead (`examples`).
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from soundloc_jax import audio, input_pipeline, media
 from soundloc_jax.errors import DatasetError, MediaError
@@ -54,11 +53,9 @@ BEAM_ENV = "SOUNDLOC_BUILD_BEAM"
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """One example to prepare. `image` (a picture) or `video` (a frame of it at
-  `frame_time`, default the middle) gives the frame; `audio` (any file PyAV
-  reads, default `video`) the sound. `test` examples get the test view,
-  `waveform` and `gt_boxes` (raw numbers, `[N, 4]`); `extra` is copied into
-  the example as is (e.g. a class name)."""
+  """One example: the frame from `image` or `video` (at `frame_time`, default the
+  middle), the sound from `audio` (default `video`); `test` examples get the
+  test view, `waveform` and `gt_boxes` (raw `[N, 4]`); `extra` is copied as is."""
   id: str
   audio: str = ""
   image: str = ""
@@ -111,9 +108,7 @@ def _env_flag(name: str) -> bool:
   return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
 
-def log(message: str) -> None:
-  from absl import logging
-  logging.info(message)
+log = logging.info
 
 
 def train_validation_tasks(tasks: list[Task], num_validation: int) -> dict[str, list[Task]]:
@@ -172,8 +167,7 @@ def features(audio_params: dict, extra: dict | None = None):
 
 
 def metadata(audio_params: dict, *, gt_format: str, **more):
-  """`info.metadata`: the front end (`audio`, checked by training), the stored
-  views, the ground-truth format of test boxes, and anything builder-specific."""
+  """`info.metadata`: front end (`audio`, checked by training), views, gt format, extras."""
   if gt_format not in GT_FORMATS:
     raise ValueError(f"gt_format {gt_format!r} not in {GT_FORMATS}")
   return tfds.core.MetadataDict(
@@ -183,9 +177,8 @@ def metadata(audio_params: dict, *, gt_format: str, **more):
 
 
 def validation_ids(ids: Iterable[str], num_validation: int = NUM_VALIDATION) -> set[str]:
-  """The held-out validation ids: the `min(num_validation, max(1, len(ids) // 10))`
-  ids with the smallest SHA-1 of the id text (deterministic, independent of
-  order and of which other ids exist)."""
+  """The `min(num_validation, max(1, len(ids) // 10))` ids with the smallest SHA-1
+  of the id text: deterministic, independent of order and of the other ids."""
   ids = sorted(set(ids))
   if len(ids) < 2:
     raise DatasetError(f"{len(ids)} training example(s): need at least 2 (one is held out "
@@ -372,11 +365,10 @@ def read_boxes(path: str) -> tuple:
     boxes = [tuple(float(v) for v in b) for b in boxes]
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise MediaError(f"{path}: expected {{\"boxes\": [[x0, y0, x1, y1], ...]}} "
-                           f"({type(e).__name__}: {e})") from e
+                     f"({type(e).__name__}: {e})") from e
   if any(len(b) != 4 for b in boxes):
     raise MediaError(f"{path}: every box needs 4 numbers [x0, y0, x1, y1]")
   return tuple(boxes)
-
 
 
 def examples(tasks: list[Task], options: BuildOptions, skipped: list):
@@ -396,10 +388,9 @@ def examples(tasks: list[Task], options: BuildOptions, skipped: list):
 
 
 def _beam_prepare(task: Task, options: BuildOptions):
-  """Beam worker: `(id, example)`; a bad file raises, or with `skip_bad` is
-  logged by the worker and counted in the Beam counter `soundloc/skipped`
-  (the pipeline's metrics; `info.metadata["skipped"]` lists skips only for
-  builds without Beam)."""
+  """Beam worker: `(id, example)`; a bad file raises, or with `skip_bad` is logged
+  and counted in the Beam counter `soundloc/skipped` (the pipeline's metrics;
+  `info.metadata["skipped"]` lists skips only for builds without Beam)."""
   key, example, error = _prepare_or_error((task, options))
   if error is None:
     yield key, example
@@ -413,13 +404,10 @@ def _beam_prepare(task: Task, options: BuildOptions):
 
 
 class RealDataBuilder(tfds.core.GeneratorBasedBuilder):
-  """What every real-data builder shares: version 1.0.0, the common features
-  (`features`, plus the builder's `extra_features()`), the metadata
-  (`metadata` with its `GT_FORMAT` and `extra_metadata()`), and examples
-  prepared from `Task`s (`examples`). A builder sets `GT_FORMAT`, `HOMEPAGE`,
-  its configs and `MANUAL_DOWNLOAD_INSTRUCTIONS`, and writes
-  `_split_generators` -> `{split: self._generate_examples(tasks, options)}`.
-  (Abstract, so TFDS does not register it as a dataset.)"""
+  """Version, `features` (+ `extra_features()`), `metadata` (`GT_FORMAT`,
+  `extra_metadata()`) and `examples` of every real-data builder; a builder
+  adds its configs and `_split_generators` -> `{split:
+  self._generate_examples(tasks, options)}`. Abstract: TFDS does not register it."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -444,10 +432,9 @@ class RealDataBuilder(tfds.core.GeneratorBasedBuilder):
 
 def skip_problems(problems, name: str, manual_dir, layout: str, options: BuildOptions,
                   skipped: list) -> None:
-  """Problems of a manual_dir (lines starting with the file's path, or `(id,
-  line)` pairs): without `options.skip_bad` the first is a DatasetError that
-  repeats the layout (`missing_files_error`); with it, each is appended to
-  `skipped` as `{"id", "error"}` and logged."""
+  """Problems of a manual_dir (lines starting with the file's path, or `(id, line)`):
+  without `options.skip_bad` the first is `missing_files_error`; with it, each
+  is appended to `skipped` as `{"id", "error"}` and logged."""
   for problem in problems:
     ident, text = problem if isinstance(problem, tuple) else (
         os.path.splitext(os.path.basename(problem.split(":")[0]))[0], problem)

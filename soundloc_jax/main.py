@@ -3,9 +3,10 @@
 Flags: `--config` (an ml_collections config file, optionally `:PRESET`; any
 field can be overridden with `--config.a.b=value`; the config is locked, so
 a misspelt field is an error; a `configs/NAME.py` path that does not exist
-relative to the working directory names the packaged `soundloc_jax/configs/NAME.py`,
-so the same command works from a clone and after `pip install`), `--workdir` (checkpoints, metrics, reports;
-rerunning the same command resumes), `--mode` (`train`, the default, which
+relative to the working directory names the packaged
+`soundloc_jax/configs/NAME.py`, so the same command works from a clone and
+after `pip install`), `--workdir` (checkpoints, metrics, reports; rerunning
+the same command resumes), `--mode` (`train`, the default, which
 also scores the test splits at the end; or `eval`, which scores the latest or
 `--checkpoint_step` checkpoint). Errors a user can fix (missing dataset,
 incompatible workdir, bad config value) are printed as one line, exit code 2.

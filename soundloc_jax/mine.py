@@ -55,7 +55,8 @@ def embed_split(localizer, source, *, batch_size: int, num_threads: int = 0, log
     now = time.time()
     if now - last_log > 10 or done == n:
       rate = done / max(now - t0, 1e-9)
-      log(f"embedded {done}/{n} examples, {rate:.0f}/s, ETA {workdir.format_eta((n - done) / rate)}")
+      eta = workdir.format_eta((n - done) / rate)
+      log(f"embedded {done}/{n} examples, {rate:.0f}/s, ETA {eta}")
       last_log = now
   ids = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
   return ids, np.concatenate(audio), np.concatenate(visual)
