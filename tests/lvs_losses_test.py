@@ -23,6 +23,7 @@ import pytest
 from soundloc_jax.configs import lvs as lvs_config
 from soundloc_jax import methods
 from soundloc_jax.methods.lvs import lvs_loss
+from tests.helpers import correlated_features as make_inputs  # patches correlated with their audio
 
 RTOL = 1e-5
 ATOL = 1e-5
@@ -105,21 +106,14 @@ def ref_lvs(V, a, *, epsilon=0.65, epsilon2=0.4, mask_tau=0.03, temperature=0.07
 
 
 # --------------------------------------------------------------------------
-# Inputs: patch features correlated with the paired audio by a random amount,
-# so the cosine maps span roughly [-0.3, 1] and cross both thresholds.
+# Inputs (`make_inputs`, tests.helpers.correlated_features): patch features
+# correlated with the paired audio by a random amount, so the cosine maps span
+# roughly [-0.3, 1] and cross both thresholds.
 # --------------------------------------------------------------------------
 
 
 def _normalize(x):
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def make_inputs(seed, B, h, w, d):
-  rng = np.random.default_rng(seed)
-  a = _normalize(rng.normal(size=(B, d)))
-  strength = rng.uniform(0.0, 3.0, size=(B, h, w, 1))
-  V = _normalize(strength * a[:, None, None, :] + rng.normal(size=(B, h, w, d)) / math.sqrt(d))
-  return V.astype(np.float32), a.astype(np.float32)
 
 
 VARIANTS = [
