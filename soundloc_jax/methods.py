@@ -94,12 +94,12 @@ def _make_lvs_loss(trimap, hard_negative):
         outputs["visual_features"], outputs["audio_embedding"], epsilon=cfg.epsilon,
         epsilon2=cfg.epsilon2, mask_tau=cfg.mask_tau, temperature=cfg.temperature,
         trimap=trimap, hard_negative=hard_negative,
-        negative_pooling=cfg.get("negative_pooling", "mean"))
+        negative_pooling=cfg.get("negative_pooling", "masked"))
   return loss
 
 
 def _check_negative_pooling(cfg):
-  pooling = cfg.get("negative_pooling", "mean")
+  pooling = cfg.get("negative_pooling", "masked")
   if pooling not in lvs_losses.NEGATIVE_POOLINGS:
     raise ConfigError(f"config.method.negative_pooling={pooling!r} is not one of "
                       f"{lvs_losses.NEGATIVE_POOLINGS}")
@@ -131,9 +131,10 @@ def _hardpos_loss(outputs, teacher_outputs, batch, cfg, rng):
   audio = audio.reshape((-1, 2) + audio.shape[1:])
   return hardpos_losses.hardpos_loss(visual, audio, batch["negative_mask"], epsilon=cfg.epsilon,
                                      mask_tau=cfg.mask_tau, temperature=cfg.temperature,
-                                     negative_pooling=cfg.get("negative_pooling", "mean"),
+                                     negative_pooling=cfg.get("negative_pooling", "masked"),
                                      positives=cfg.get("positives", "bavc"),
-                                     neighbour_gradient=cfg.get("neighbour_gradient", True))
+                                     neighbour_gradient=cfg.get("neighbour_gradient", True),
+                                     negative_anchor=cfg.get("negative_anchor", "audio"))
 
 
 def _check_hardpos_config(cfg):
@@ -141,6 +142,10 @@ def _check_hardpos_config(cfg):
     hardpos_losses.positive_columns(cfg.get("positives", "bavc"))
   except ValueError as e:
     raise ConfigError(f"config.method.positives: {e}") from None
+  anchor = cfg.get("negative_anchor", "audio")
+  if anchor not in hardpos_losses.NEGATIVE_ANCHORS:
+    raise ConfigError(f"config.method.negative_anchor={anchor!r} is not one of "
+                      f"{hardpos_losses.NEGATIVE_ANCHORS}")
   _check_negative_pooling(cfg)
 
 
