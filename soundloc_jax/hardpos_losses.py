@@ -197,3 +197,38 @@ def hardpos_loss(visual_features, audio_embedding, negative_mask, *, epsilon=0.6
       "negatives_per_row": jnp.mean(jnp.sum(maskf, axis=1)),
   }
   return loss, aux
+
+
+def level_diagnostics(positive_scores, negatives: dict, negative_mask, rows, temperature) -> dict:
+  """The per-audio level shortcut, measured on one batch's pooled responses
+  (`positive_scores` [B, 4]; `negatives` with all three sets of
+  `negative_scores`; `rows` the run's `contrastive_rows`).
+
+  An audio's level is its mean response over the batch's base images: row
+  i's base audio A_i from the "audio" set, its neighbour A_j from the
+  "neighbour_audio" set. Returns float32 scalars:
+    `level_spread`       std of the base audios' levels;
+    `level_corr`         correlation over rows of P_a - P_b with
+                         level(A_j) - level(A_i) (1.0: P_a's margin is all level);
+    `loss`               Eq. 6 as trained;
+    `loss_without_levels`  Eq. 6 after subtracting from every response the
+                         level of its audio;
+    `loss_chance`        Eq. 6 when every response is equal.
+  """
+  mask = jnp.asarray(negative_mask).astype(bool)
+  base_level = jnp.mean(negatives["audio"], axis=1)             # A_i
+  neighbour_level = jnp.mean(negatives["neighbour_audio"], axis=1)  # A_j
+  shift = jnp.stack([base_level, neighbour_level, base_level, neighbour_level], axis=1)
+  levelled = {"audio": negatives["audio"] - base_level[:, None],
+              "image": negatives["image"] - base_level[None, :],  # [i, l] holds A_l
+              "neighbour_audio": negatives["neighbour_audio"] - neighbour_level[:, None]}
+  margin = positive_scores[:, 1] - positive_scores[:, 0]
+  gap = neighbour_level - base_level
+  corr = jnp.sum((margin - margin.mean()) * (gap - gap.mean())) / jnp.maximum(
+      jnp.sqrt(jnp.sum((margin - margin.mean()) ** 2) * jnp.sum((gap - gap.mean()) ** 2)), 1e-12)
+  flat = {k: jnp.zeros_like(v) for k, v in negatives.items()}
+  objective = lambda pos, neg: hardpos_objective(pos, neg, mask, rows, temperature)  # noqa: E731
+  return {"level_spread": jnp.std(base_level), "level_corr": corr,
+          "loss": objective(positive_scores, negatives),
+          "loss_without_levels": objective(positive_scores - shift, levelled),
+          "loss_chance": objective(jnp.zeros_like(positive_scores), flat)}

@@ -327,3 +327,25 @@ def test_anchor_makes_the_loss_blind_to_levels_of_its_own_side():
     assert objective("audio", positives, audio_levels=c) == pytest.approx(
         objective("audio", positives), rel=1e-5)
   assert abs(objective("audio", "ba", audio_levels=c) - objective("audio", "ba")) > 1e-3
+
+
+def test_level_diagnostics_find_planted_levels():
+  """Responses = an information-free constant + a per-audio level: the spread
+  is the levels' std, P_a - P_b follows the level gap exactly, and removing
+  the levels gives the chance loss. Random responses: no such signature."""
+  rng = np.random.default_rng(3)
+  c = rng.normal(size=_B) * 0.2
+  pos = 0.5 + np.stack([c, c[_PARTNER], c, c[_PARTNER]], axis=1)
+  ones = np.ones((_B, _B))
+  negs = {"audio": 0.5 + c[:, None] * ones, "image": 0.5 + c[None, :] * ones,
+          "neighbour_audio": 0.5 + c[_PARTNER][:, None] * ones}
+  rows = hardpos_losses.contrastive_rows("audio", "ba")
+  d = hardpos_losses.level_diagnostics(pos, negs, _PAIR_MASK, rows, TEMP)
+  assert float(d["level_spread"]) == pytest.approx(np.std(c), rel=1e-5)
+  assert float(d["level_corr"]) == pytest.approx(1.0, abs=1e-5)
+  assert float(d["loss_without_levels"]) == pytest.approx(float(d["loss_chance"]), rel=1e-5)
+  assert float(d["loss"]) < float(d["loss_chance"]) - 0.05  # the shortcut lowered it
+  noise = {k: v + rng.normal(size=v.shape) * 0.2 for k, v in negs.items()}
+  d = hardpos_losses.level_diagnostics(pos + rng.normal(size=pos.shape) * 0.2, noise, _PAIR_MASK,
+                                       rows, TEMP)
+  assert abs(float(d["level_corr"])) < 0.9
