@@ -12,7 +12,8 @@ and number of steps. HardPos rows mine their neighbours (`python -m
 soundloc_jax.mine`) from the Vanilla-LVS run of the same seed, which is
 itself a row of the table (mining is not counted in the budget; the paper
 does the same). LVS-style rows use `negative_pooling=masked` (see
-`MASKED`). A finished run (its `eval/test/metrics.json` exists) is not
+`MASKED`). Rows ending in `_init` start from the Vanilla-LVS row's run of
+the same seed (`model.init_from`) and train `--epochs` more. A finished run (its `eval/test/metrics.json` exists) is not
 run again, and an interrupted one resumes, so rerunning the same command
 finishes the table. The table reports, per method, the mean and the spread
 (min..max over seeds) of the test cIoU@0.5 and AUC of the demo's headline
@@ -56,6 +57,26 @@ METHODS = {
     "icl_itr_inter": ("configs/iterative.py:,ablation=itr_inter", None, "ICL +itr +inter", ()),
     "icl_full": ("configs/iterative.py:,ablation=full", None, "ICL full (Eq. 7)", ()),
 }
+# The negatives' anchor study (docs/notes): HardPos (all four positives), its
+# `b` control (P_b alone with HardPos's negative set) and Random HP, each with
+# the three anchors of `method.negative_anchor`.
+for _anchor in ("audio", "image", "both"):
+  _flags = MASKED + (f"--config.method.negative_anchor={_anchor}",)
+  METHODS[f"hp_{_anchor}"] = ("configs/hard_positive.py", "lvs_vanilla",
+                              f"HardPos, {_anchor}-anchored negatives", _flags)
+  METHODS[f"hpb_{_anchor}"] = ("configs/hard_positive.py", "lvs_vanilla",
+                               f"P_b only (control), {_anchor}-anchored negatives",
+                               _flags + ("--config.method.positives=b",))
+  METHODS[f"rhp_{_anchor}"] = ("configs/hard_positive.py:,neighbours=random", None,
+                               f"Random HP, {_anchor}-anchored negatives", _flags)
+# `<row>_init`: the same row started from the Vanilla-LVS run of the same seed
+# (`model.init_from`, both streams; fresh optimizer and step) and trained for
+# as many epochs again; `lvs_vanilla_init` is that baseline trained on.
+INIT_FROM = "lvs_vanilla"
+for _name in ["lvs_vanilla"] + [f"{p}_{a}" for p in ("hp", "hpb", "rhp")
+                                for a in ("audio", "image", "both")]:
+  _config, _baseline, _description, _flags = METHODS[_name]
+  METHODS[f"{_name}_init"] = (_config, _baseline, _description + ", from Vanilla-LVS", _flags)
 
 
 def parse_args(argv=None):
@@ -113,6 +134,9 @@ def train_one(args, method: str, seed: int) -> None:
       _run([sys.executable, "-m", "soundloc_jax.mine", f"--workdir={base_dir}"],
            os.path.join(base_dir, "mine.log"))
     flags.append(f"--config.method.neighbours_path={neighbours}")
+  if method.endswith("_init"):
+    train_one(args, INIT_FROM, seed)
+    flags.append(f"--config.model.init_from={workdir_of(args.out, INIT_FROM, seed)}")
   os.makedirs(workdir, exist_ok=True)
   _run([sys.executable, "-m", "soundloc_jax.main", *flags], os.path.join(workdir, "train.log"))
 

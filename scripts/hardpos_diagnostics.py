@@ -10,9 +10,14 @@ mean of the four positive responses (P_b, P_a, P_v, P_c, whatever
 `method.positives` trained) and of the masked negatives, how often each map
 (base audio, audio neighbour, both with the base image) peaks on the
 sounding digit's cell (2x2 cells; the demo's `present`/`label` features),
-and the cosine between a base audio and its audio neighbour against the
+the cosine between a base audio and its audio neighbour against the
 cosine between base audios of the batch (same sounding class vs mostly
-others).
+others), and the per-audio level shortcut (`hardpos_losses.level_diagnostics`,
+docs: the HardPos anchor study): the spread of the audios' overall response
+levels, how much of P_a - P_b the level gap explains, and the loss with each
+audio's level removed against the chance loss. A run that learned by the
+shortcut shows a growing spread, a correlation near 1 and a levelled loss at
+chance. Any HardPos or Random HP workdir can be checked.
 """
 import os
 import sys
@@ -57,7 +62,9 @@ def main(workdirs):
                                           num_steps=8, image_size=cfg.dataset.image_size,
                                           augment=False, neighbours=table)
     forward = forward_fn(loc)
-    pos_all, neg_all, hits, cos_aa, cos_other = [], [], [], [], []
+    pooling = cfg.method.negative_pooling
+    rows = hardpos_losses.contrastive_rows(cfg.method.negative_anchor, cfg.method.positives)
+    pos_all, neg_all, hits, cos_aa, cos_other, levels = [], [], [], [], [], []
     for batch in it:
       b = batch["image"].shape[0]
       inputs = state.model_inputs(batch, method.needs_neighbours)
@@ -65,9 +72,13 @@ def main(workdirs):
       v = np.asarray(out["visual_features"], np.float32)
       v = v.reshape((b, 2) + v.shape[1:])
       a = np.asarray(out["audio_embedding"], np.float32).reshape(b, 2, -1)
-      pos_all.append(np.asarray(hardpos_losses.positive_responses(jnp.asarray(v), jnp.asarray(a))))
-      neg = hardpos_losses.negative_scores(jnp.asarray(v), jnp.asarray(a), pooling="masked")
-      neg_all.append(np.asarray(neg)[batch["negative_mask"]])
+      pos = hardpos_losses.positive_responses(jnp.asarray(v), jnp.asarray(a))
+      pos_all.append(np.asarray(pos))
+      negs = hardpos_losses.negative_scores(jnp.asarray(v), jnp.asarray(a),
+                                            ("audio", "image", "neighbour_audio"), pooling=pooling)
+      neg_all.append(np.asarray(negs["audio"])[batch["negative_mask"]])
+      levels.append({k: float(x) for k, x in hardpos_losses.level_diagnostics(
+          pos, negs, batch["negative_mask"], rows, cfg.method.temperature).items()})
       base = [source[int(i)] for i in batch["index"]]
       labels = np.asarray([int(ex["label"]) for ex in base])
       sounding = np.asarray([int(np.argmax(np.asarray(ex["present"]) == int(ex["label"])))
@@ -82,14 +93,21 @@ def main(workdirs):
       gram = a[:, 0] @ a[:, 0].T
       cos_other.append(gram[~np.eye(b, dtype=bool)].mean())
     pos, neg, hits = np.concatenate(pos_all), np.concatenate(neg_all), np.concatenate(hits)
-    print(f"== {workdir} (method.positives={cfg.method.get('positives', 'bavc')})")
-    print("  mean P_b %.3f P_a %.3f P_v %.3f P_c %.3f | negatives %.3f" % (*pos.mean(0), neg.mean()))
+    print(f"== {workdir} (method.positives={cfg.method.positives}, "
+          f"negative_anchor={cfg.method.negative_anchor}, "
+          f"negative_pooling={pooling})")
+    print("  mean P_b %.3f P_a %.3f P_v %.3f P_c %.3f | negatives (A_i, V_l) %.3f" % (*pos.mean(0), neg.mean()))
     print("  rows with P_a > P_b: %.2f; P_v > P_b: %.2f"
           % ((pos[:, 1] > pos[:, 0]).mean(), (pos[:, 2] > pos[:, 0]).mean()))
     print("  peak on sounding cell: base audio %.2f, audio neighbour %.2f (chance ~0.25-0.5); "
           "neighbour same class %.2f" % tuple(hits.mean(0)))
     print("  cos(A_i, A_j) %.3f vs cos(A_i, other rows' audio) %.3f"
           % (np.mean(np.concatenate(cos_aa)), np.mean(cos_other)))
+    mean = {k: np.mean([d[k] for d in levels]) for k in levels[0]}
+    print("  per-audio levels: spread %.3f, corr(P_a - P_b, level gap) %.2f; loss %.3f, "
+          "with levels removed %.3f, chance %.3f" % (
+              mean["level_spread"], mean["level_corr"], mean["loss"],
+              mean["loss_without_levels"], mean["loss_chance"]))
 
 
 if __name__ == "__main__":

@@ -216,12 +216,17 @@ def test_registry_uses_method_config(variant, name, flags):
   assert config.method.name == name
   method = methods.get(name)
   assert not method.needs_teacher and not method.needs_neighbours
-  config.method.temperature = 0.1  # the entry must read the config, not defaults
+  # The default is LVS's released-code negatives, the one that learns.
+  assert config.method.negative_pooling == "masked"
   V, a = make_inputs(2, 4, 4, 4, 16)
   outputs = {"visual_features": jnp.asarray(V), "audio_embedding": jnp.asarray(a)}
-  loss, aux = jax.jit(lambda o: method.loss(o, None, {}, config.method, None))(outputs)
-  np.testing.assert_allclose(float(loss), ref_lvs(V, a, temperature=0.1, **flags),
-                             rtol=RTOL, atol=ATOL)
+  for pooling in ("masked", "mean"):  # the entry must read the config, not defaults
+    config.method.temperature = 0.1
+    config.method.negative_pooling = pooling
+    loss, aux = jax.jit(lambda o: method.loss(o, None, {}, config.method, None))(outputs)
+    np.testing.assert_allclose(
+        float(loss), ref_lvs(V, a, temperature=0.1, negative_pooling=pooling, **flags),
+        rtol=RTOL, atol=ATOL)
   assert set(aux) >= {"positive_response", "negative_response"}
 
 

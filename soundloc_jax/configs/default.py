@@ -126,13 +126,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.epsilon2 = 0.4
   c.method.mask_tau = 0.03
   c.method.temperature = 0.07
-  c.method.negative_pooling = "mean"
+  # Other samples' maps soft-masked as LVS's released code does; "mean" (the
+  # spatial means HardPos Eq. 5 writes) collapses without learning (lvs.py).
+  c.method.negative_pooling = "masked"
   # HardPos (methods/hardpos.py, methods/neighbours.py).
   c.method.neighbours = "mined"      # mined | random ("Random HP")
   c.method.neighbours_path = ""      # the mined file; required with neighbours=mined
   c.method.num_neighbours = 1000
   c.method.positives = "bavc"
   c.method.neighbour_gradient = True
+  # What the negatives share with the positives: "audio" (Eq. 5 as written),
+  # "image" (LVS's code), "both" (methods/hardpos.py docstring).
+  c.method.negative_anchor = "audio"
   c.method.detached_positives = ""   # a diagnostic: positives whose logit gets no gradient
 
   c.optimizer = ml_collections.ConfigDict()

@@ -14,12 +14,16 @@ Values (the defaults of `method.*` in default.py; the loss rules are in
   epsilon = 0.65, mask_tau = 0.03   Sec. 3.2 (following LVS), raw cosine.
   temperature = 0.07                Eq. 5-6 show no temperature; LVS's code
                                     divides its logits by 0.07, so do we.
-  negative_pooling = "mean"         Eq. 5: other images' maps spatially
-                                    averaged; "masked" soft-masks them as
-                                    LVS's released code does.
+  negative_pooling = "masked"       negatives soft-masked as LVS's released
+                                    code does; "mean" (Eq. 5's spatial means)
+                                    collapses like LVS's (configs/lvs.py).
   positives = "bavc"                the terms of P_i (Eq. 5): b base pair,
                                     a audio neighbour, v visual neighbour,
                                     c both; a subset ("ba", "b") ablates them.
+  negative_anchor = "audio"         what the negatives share with the positives:
+                                    "audio" (A_i, V_l) as Eq. 5 writes, "image"
+                                    (A_l, V_i) as LVS's code, "both" (rows per
+                                    anchor; methods/hardpos.py docstring).
   neighbour_gradient = True         the paper's loss; False stop-gradients the
                                     neighbours' features (a diagnostic, see the
                                     methods/hardpos.py docstring and the README).
