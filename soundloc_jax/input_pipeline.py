@@ -29,8 +29,10 @@ a plain Tensor: a BBoxFeature would reject the out-of-range and inverted boxes
 the official rules keep) and the dataset metadata says how to read them,
 `gt_format`: `"flickr256"` (Flickr-SoundNet XML numbers on 256 pixels,
 consensus map of `evaluation.flickr_gt_map`), `"unit"` (VGG-SS normalised
-boxes, OR map of `evaluation.vggss_gt_map`) or `"pixels"` (half-open boxes in
-pixels of the stored 224 test view, `evaluation.box_gt_map`). `eval_batches`
+boxes, OR map of `evaluation.vggss_gt_map`), `"pixels"` (half-open boxes in
+pixels of the stored 224 test view, `evaluation.box_gt_map`) or `"pixels:S"`
+(the same in pixels of a stored S x S image, e.g. `pixels:96` for the
+`stamps` benchmark, whose images are stored at the model's size). `eval_batches`
 given `gt_format` turns them into `gt_map` `[S, S]` with that rule
 (`gt_map_from_boxes`). Test splits also store `waveform` (int16, the first
 10 s at 16 kHz); `eval_audio="lvs_test"` computes the spectrogram from it with
@@ -67,7 +69,18 @@ def open_source(name: str, split: str, data_dir: str):
         f"data_builders/{base}/README.md gives their layout).") from e
 
 
-GT_FORMATS = ("flickr256", "unit", "pixels")
+GT_FORMATS = ("flickr256", "unit", "pixels", "pixels:S")
+
+
+def pixel_frame(gt_format: str) -> int | None:
+  """The image size S whose pixels a `"pixels"` (224) or `"pixels:S"` format
+  counts boxes in; None for the other formats."""
+  if gt_format == "pixels":
+    return 224
+  head, _, size = gt_format.partition(":")
+  if head == "pixels" and size.isdigit() and int(size) > 0:
+    return int(size)
+  return None
 EVAL_AUDIO = ("", "lvs_test")
 
 
@@ -78,8 +91,9 @@ def gt_map_from_boxes(boxes, gt_format: str, size: int) -> np.ndarray:
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
   if gt_format == "unit":
     return evaluation.vggss_gt_map(boxes, size=size)
-  if gt_format == "pixels":
-    return evaluation.box_gt_map(boxes, size=size, image_size=224)
+  frame = pixel_frame(gt_format)
+  if frame is not None:
+    return evaluation.box_gt_map(boxes, size=size, image_size=frame)
   if gt_format == "flickr256":
     # `flickr_gt_map` on the XML's numbers: each box int(size * v / 256),
     # +1 per annotator, halved, clipped at 1 (integers are exact in float32).
