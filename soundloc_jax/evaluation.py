@@ -117,6 +117,7 @@ __all__ = [
     "resize_bilinear",
     "score_maps",
     "select_overlay_samples",
+    "silent_object_scores",
     "summarize",
     "vggss_gt_map",
 ]
@@ -538,6 +539,40 @@ def pointing_hits(responses, gt_maps, size=None, block_size=_BLOCK) -> np.ndarra
     if gt.shape[1] != _size_hw(size)[0] * _size_hw(size)[1]:
       raise ValueError(f"maps resized to {size} do not match gt maps {np.shape(gt_maps[a])}")
     out[a:b] = gt[np.arange(b - a), peaks] > 0
+  return out
+
+
+def silent_object_scores(responses, sounding_maps, silent_maps, size=None) -> np.ndarray:
+  """Silent-object test: per sample, the fraction of its silent objects whose
+  mean heat is below the sounding object's (a tie counts 1/2), where an
+  object's mean heat is the mean of the response map, bilinearly resized to
+  the maps' size `S` (as the protocol resizes it), weighted by the object's
+  map. A map that ignores the image (constant) scores 0.5, as does chance.
+  Invariant to the protocol's min-max normalisation (any increasing affine
+  map). Not part of either paper's protocol. `responses` `[N, h, w]`,
+  `sounding_maps` `[N, S, S]`, `silent_maps` N arrays `[k_i, S, S]` (k_i >= 1,
+  e.g. `box_gt_map` of each silent box); float64 `[N]`."""
+  resp = np.asarray(responses, dtype=np.float32)
+  if resp.ndim == 2:
+    resp = resp[None]
+  n = resp.shape[0]
+  if len(sounding_maps) != n or len(silent_maps) != n:
+    raise ValueError(f"{n} response maps but {len(sounding_maps)} sounding and "
+                     f"{len(silent_maps)} silent map sets")
+  if size is None:
+    size = np.asarray(sounding_maps[0]).shape[-1]
+  out = np.empty((n,), np.float64)
+  for i in range(n):
+    heat = resize_bilinear(resp[i], size).astype(np.float64)
+    masks = np.concatenate([np.asarray(sounding_maps[i], np.float64)[None],
+                            np.asarray(silent_maps[i], np.float64).reshape(-1, *heat.shape)])
+    if masks.shape[0] < 2:
+      raise ValueError(f"sample {i} has no silent object map")
+    area = masks.reshape(masks.shape[0], -1).sum(axis=1)
+    if np.any(area <= 0):
+      raise ValueError(f"sample {i} has an empty object map")
+    mean = (masks.reshape(masks.shape[0], -1) @ heat.reshape(-1)) / area
+    out[i] = np.mean((mean[0] > mean[1:]) + 0.5 * (mean[0] == mean[1:]))
   return out
 
 
