@@ -46,7 +46,7 @@ SPLITS = ("train", "validation", "test", "test_unseen")
 ANNOTATED = ("train", "test", "test_unseen")   # validation is stored without boxes
 WAVEFORM_SPLITS = ("test", "test_unseen")      # store the 16-bit mix too
 
-OBJECT_SIZE = (0.32, 0.6)       # longer side, fraction of S
+OBJECT_SIZE = (0.35, 0.65)      # longer side, fraction of S
 MAX_OVERLAP = 0.1               # box intersection / smaller box area
 TWO_SILENT_P = 0.3              # else one silent object
 SILENT_FROM_SOUNDING_P = 0.5    # a silent object from a group that can sound (else silent-only)
