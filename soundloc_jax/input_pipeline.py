@@ -28,7 +28,8 @@ Ground truth of real test splits (`data_builders/*`, `builder_lib`): each
 example stores the raw annotation numbers `gt_boxes` float32 `[N, 4]` (any N,
 a plain Tensor: a BBoxFeature would reject the out-of-range and inverted boxes
 the official rules keep) and the dataset metadata says how to read them,
-`gt_format` (`evaluation.annotations`: `"flickr256"`, `"unit"` or `"pixels"`).
+`gt_format` (`evaluation.annotations`: `"flickr256"`, `"unit"`, `"pixels"` or
+`"pixels:S"`).
 `eval_batches` given `gt_format` turns them into `gt_map` `[S, S]` with that
 rule (`annotations.gt_map_from_boxes`). Test splits also store `waveform` (int16, the first
 10 s at 16 kHz); `eval_audio="lvs_test"` computes the spectrogram from it with

@@ -62,6 +62,7 @@ PROJECT_BUILDER_MODULES = (
     "soundloc_jax.data_builders.flickr_soundnet.flickr_soundnet_dataset_builder",
     "soundloc_jax.data_builders.folder.folder_dataset_builder",
     "soundloc_jax.data_builders.music_synthetic.music_synthetic_dataset_builder",
+    "soundloc_jax.data_builders.stamps.stamps_dataset_builder",
     "soundloc_jax.data_builders.vggsound.vggsound_dataset_builder",
     "soundloc_jax.data_builders.vggss.vggss_dataset_builder",
 )

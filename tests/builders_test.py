@@ -388,3 +388,80 @@ def test_eval_audio_must_be_known_and_needs_a_stored_waveform(built):
     next(input_pipeline.eval_batches(test, batch_size=2, image_size=224, eval_audio="lvs"))
   with pytest.raises(DatasetError, match="needs the stored test 'waveform'"):
     next(input_pipeline.eval_batches(train, batch_size=2, image_size=224, eval_audio="lvs_test"))
+
+
+def _folder_example(folder, ident, seed, boxes=None):
+  os.makedirs(folder, exist_ok=True)
+  mf.write_image(os.path.join(folder, f"{ident}.jpg"), h=40, w=60, seed=seed)
+  mf.write_pcm_wav(os.path.join(folder, f"{ident}.wav"), mf.train_pcm(seed, seconds=1.0))
+  if boxes is not None:
+    with open(os.path.join(folder, f"{ident}.json"), "w") as f:
+      json.dump({"boxes": boxes}, f)
+
+
+def _one_worker_build(manual, data_dir):
+  return _api_build("folder", builder_lib.RealDataConfig(name="sub", num_workers=1), str(manual),
+                    str(data_dir))
+
+
+def test_folder_test_subfolders_are_annotated_splits_and_train_holds_boxed_training_examples(tmp_path):
+  """test/ and test_<name>/ become annotated splits of that name, train/
+  adds training examples whose .json is not read, other folders are ignored,
+  and the flat layout keeps working beside them."""
+  m = tmp_path / "m"
+  for i in range(4):
+    _folder_example(m, f"flat{i}", i)
+  _folder_example(m / "train", "tr0", 10, boxes=[[1, 2, 30, 20]])
+  _folder_example(m / "train", "tr1", 11)
+  _folder_example(m / "test", "a0", 20, boxes=[[0, 0, 30, 40]])
+  _folder_example(m / "test", "a1", 21, boxes=[[30, 0, 60, 40]])
+  _folder_example(m / "test_unseen", "u0", 22, boxes=[[15, 10, 45, 30]])
+  _folder_example(m / "extras", "x0", 23)                       # not a split folder: ignored
+  b = _one_worker_build(m, tmp_path / "d")
+  src = b.as_data_source()
+  assert set(src) == {"train", "validation", "test", "test_unseen"}
+  train, val = _by_id(src["train"]), _by_id(src["validation"])
+  assert sorted(set(train) | set(val)) == ["flat0", "flat1", "flat2", "flat3", "tr0", "tr1"]
+  assert all(ex["gt_boxes"].shape == (0, 4) for ex in list(train.values()) + list(val.values()))
+  test, unseen = _by_id(src["test"]), _by_id(src["test_unseen"])
+  assert sorted(test) == ["a0", "a1"] and sorted(unseen) == ["u0"]
+  # 40x60 -> 224x336 (x 5.6), centre crop from x = 56: [15, 10, 45, 30] -> [28, 56, 196, 168].
+  np.testing.assert_allclose(unseen["u0"]["gt_boxes"], [[28, 56, 196, 168]], atol=1e-4)
+  assert unseen["u0"]["image"].shape == (224, 224, 3) and unseen["u0"]["waveform"].size == 16000
+  assert b.info.metadata["gt_format"] == "pixels"
+
+
+def test_folder_from_annotated_examples_alone_and_layout_errors(tmp_path):
+  """A folder of annotated examples only builds once the training ones are
+  in train/; without them, and for the other layout mistakes, one line says
+  what to do."""
+  m = tmp_path / "m"
+  for i in range(3):
+    _folder_example(m, f"a{i}", i, boxes=[[0, 0, 20, 20]])
+  with pytest.raises(DatasetError) as e:
+    _one_worker_build(m, tmp_path / "d0")
+  assert "\n" not in str(e.value)
+  assert f"no training example (every example has an <id>.json" in str(e.value)
+  assert f"{m / 'train'}/" in str(e.value)
+  for i in range(3):
+    _folder_example(m / "train", f"t{i}", 10 + i, boxes=[[5, 5, 25, 25]])
+  b = _one_worker_build(m, tmp_path / "d1")
+  src = b.as_data_source()
+  assert sorted(_by_id(src["test"])) == ["a0", "a1", "a2"]
+  assert sorted(set(_by_id(src["train"])) | set(_by_id(src["validation"]))) == ["t0", "t1", "t2"]
+
+  _folder_example(m / "test", "b0", 20, boxes=[[0, 0, 10, 10]])
+  with pytest.raises(DatasetError, match=r"both in manual_dir itself and in .*test/ \(two sources"):
+    _one_worker_build(m, tmp_path / "d2")
+  for i in range(3):
+    for ext in (".jpg", ".wav", ".json"):
+      os.remove(m / f"a{i}{ext}")
+  _folder_example(m / "test_unseen", "b0", 21, boxes=[[0, 0, 10, 10]])
+  with pytest.raises(DatasetError, match=r"id 'b0' twice \(.*test/b0.wav and .*test_unseen/b0.wav\)"):
+    _one_worker_build(m, tmp_path / "d3")
+  os.remove(m / "test_unseen" / "b0.json")
+  os.rename(m / "test_unseen" / "b0.wav", m / "test_unseen" / "c0.wav")
+  os.rename(m / "test_unseen" / "b0.jpg", m / "test_unseen" / "c0.jpg")
+  with pytest.raises(DatasetError, match=r"test_unseen/c0.wav: no c0.json next to it \(every "
+                                         r"example in test_unseen/ is annotated\)"):
+    _one_worker_build(m, tmp_path / "d4")

@@ -1,11 +1,13 @@
 """Localization ground truth: the official rules that turn a dataset's box
 annotations into `[S, S]` maps, and how a split says it has them.
 
-Three rules (the dataset metadata's `gt_format` names one, `GT_FORMATS`):
+Four rules (the dataset metadata's `gt_format` names one, `GT_FORMATS`):
   "flickr256"  Flickr-SoundNet: annotator boxes in 256-pixel coordinates,
                the consensus map `flickr_gt_map` (values 0 / 0.5 / 1)
   "unit"       VGG-SS: normalised boxes, the binary map `vggss_gt_map`
   "pixels"     half-open pixel boxes of the stored 224 test view, `box_gt_map`
+  "pixels:S"   the same in pixels of a stored S x S image (e.g. "pixels:96":
+               the `stamps` benchmark stores its images at the model's size)
 The demo dataset stores one pixel `box` per example instead (its image's
 pixels, `box_gt_map`). `gt_map_from_boxes` applies a rule to the raw numbers
 an example stores (`gt_boxes`); `gt_maps_from_batch` gives a batch's maps
@@ -36,7 +38,18 @@ from soundloc_jax.errors import DatasetError
 from soundloc_jax.evaluation.protocol import DEFAULT_SIZE
 from soundloc_jax.evaluation.resize import size_hw
 
-GT_FORMATS = ("flickr256", "unit", "pixels")
+GT_FORMATS = ("flickr256", "unit", "pixels", "pixels:S")
+
+
+def pixel_frame(gt_format: str) -> int | None:
+  """The image size S whose pixels a `"pixels"` (224) or `"pixels:S"` format
+  counts boxes in; None for the other formats."""
+  if gt_format == "pixels":
+    return 224
+  head, _, size = gt_format.partition(":")
+  if head == "pixels" and size.isdigit() and int(size) > 0:
+    return int(size)
+  return None
 
 def _xml_root(xml_path_or_text):
   if isinstance(xml_path_or_text, bytes):
@@ -135,8 +148,9 @@ def gt_map_from_boxes(boxes, gt_format: str, size: int) -> np.ndarray:
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
   if gt_format == "unit":
     return vggss_gt_map(boxes, size=size)
-  if gt_format == "pixels":
-    return box_gt_map(boxes, size=size, image_size=224)
+  frame = pixel_frame(gt_format)
+  if frame is not None:
+    return box_gt_map(boxes, size=size, image_size=frame)
   if gt_format == "flickr256":
     # `flickr_gt_map` on the XML's numbers: each box int(size * v / 256).
     return _consensus_map((boxes.astype(np.float64) * size / 256).astype(np.int64), size)
@@ -174,8 +188,10 @@ def has_annotations(batch: dict) -> bool:
 
 def source_is_annotated(source) -> bool:
   """Whether a split's examples carry localization ground truth (its first one
-  has `box`, or `gt_boxes` with a `gt_format` in the dataset metadata)."""
+  has `box`, or at least one `gt_boxes` row with a `gt_format` in the dataset
+  metadata: real validation splits store an empty `[0, 4]`)."""
   if len(source) == 0:
     return False
   example = source[0]
-  return "box" in example or ("gt_boxes" in example and bool(gt_format_of(source)))
+  return "box" in example or (np.size(example.get("gt_boxes", ())) > 0
+                              and bool(gt_format_of(source)))
