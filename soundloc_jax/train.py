@@ -113,6 +113,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                        config.evals.validation)
   val_eval.check_metric(config.checkpoint.best_metric, "config.checkpoint.best_metric",
                         prefix="val_", dataset=name)
+  if (method.teacher_guard is not None and config.method.teacher_guard
+      and not any(e.name == "retrieval" for e in val_eval.evaluators)):
+    raise ConfigError("config.method.teacher_guard needs validation retrieval: add 'retrieval' "
+                      "to config.evals.validation, or set config.method.teacher_guard=False")
   # Auto axis: XLA propagates shardings (the loss's all-pairs logits need a
   # gathered batch), we only pin the inputs and the state.
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
@@ -136,8 +140,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state = jax.device_put(state, NamedSharding(mesh, P()))
   workdir_lib.check_and_record_config(config, workdir, has_checkpoint=latest is not None)
   workdir_lib.write_run_info(workdir, config, data.dataset_fingerprint(name, data_dir))
+  meta = {}
   if latest is not None:
-    state = _resume(ckpt, config, state, optimizer, mesh, workdir)
+    state, meta = _resume(ckpt, config, state, optimizer, mesh, workdir)
+  teacher = methods.TeacherSchedule.from_meta(method, config.method, meta)
   best = (checkpointing.BestCheckpoint(os.path.join(workdir, "checkpoints_best"),
                                        config.checkpoint.best_metric, warn=workdir_lib.warn)
           if config.checkpoint.best_metric else None)
@@ -186,6 +192,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.write({"step": n, "epoch": epoch, "split": val_eval.name, **res.metrics},
                  f"epoch {epoch} {val_eval.name}: "
                  f"{res.describe(config.eval.success_threshold)} [{time.time() - t0:.1f}s]")
+    note = teacher.after_validation(epoch, res.metrics, res.audio)
+    if note:
+      {"info": workdir_lib.echo, "warning": workdir_lib.warn}[note[0]](note[1])
     if distributed.is_primary():
       os.makedirs(os.path.join(workdir, "overlays"), exist_ok=True)
       plots.save_overlays(res, overlay_ids, val_source, config, os.path.join(
@@ -193,14 +202,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return {f"val_{k}": float(v) for k, v in res.items()}
 
   def save(n, epoch, epoch_end):
-    meta = {"step": n, "epoch": epoch, "epoch_complete": bool(epoch_end), **last_metrics}
+    meta = {"step": n, "epoch": epoch, "epoch_complete": bool(epoch_end), **last_metrics,
+            **teacher.meta()}
     if epoch_end and best is not None:
       best.update(n, state, meta)
     ckpt.save(n, state, meta)
 
   for step in range(start_step, stop_step):
     epoch, n = step // steps_per_epoch, step + 1
-    active = method.teacher_active(epoch, config.method)
+    active = teacher.active(epoch)
     if active not in step_fns:
       step_fns[active] = make_train_step(graphdef, method, config.method, optimizer, active, mesh,
                                          skip_nonfinite=config.nonfinite == "skip")
@@ -237,17 +247,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _resume(ckpt, config, state, optimizer, mesh, workdir):
-  """The state of the latest readable checkpoint (a fresh one if none is left)."""
+  """`(state, meta)` of the latest readable checkpoint (a fresh state and {} if
+  none is left)."""
   state, meta, step = checkpointing.restore_latest_readable(ckpt, config, state,
                                                             warn=workdir_lib.warn)
   if step is None and (config.model.init_visual or config.model.init_from):
     # A fresh start after all: now the pretrained weights are needed.
     state = state_lib.create_train_state(config, optimizer, log=workdir_lib.echo)[1]
-    return jax.device_put(state, NamedSharding(mesh, P()))
+    return jax.device_put(state, NamedSharding(mesh, P())), {}
   if step is not None:
     workdir_lib.echo(f"Resuming from checkpoint step {step} (epoch {meta.get('epoch')}) "
                      f"in {workdir}")
-  return state
+  return state, meta or {}
 
 
 def _check_finite(state, step: int, ckpt, config) -> int:

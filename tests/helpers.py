@@ -22,13 +22,16 @@ def set_fields(config, overrides: dict):
 
 def tiny_config(data_dir, **overrides):
   """ICL on the suite's reduced demo build: a width-4 model, batch 32, 3 epochs
-  (the first without a teacher); `overrides` as dotted keys."""
+  (the first without a teacher; the teacher guard is off so that epochs 1-2
+  always exercise the teacher, whatever this tiny model learned: the guard
+  has its own tests); `overrides` as dotted keys."""
   c = iterative.get_config("")
   c.dataset.data_dir = data_dir
   c.model.width = 4
   c.batch_size = 32
   c.num_epochs = 3
   c.method.init_epochs = 1
+  c.method.teacher_guard = False
   c.log_every_steps = 4
   c.eval.batch_size = 64
   c.eval.num_overlays = 4

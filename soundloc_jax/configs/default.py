@@ -118,6 +118,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.delta_v = 0.5
   c.method.delta_a = 0.99
   c.method.init_epochs = 3
+  # The teacher starts (at init_epochs at the earliest) only once an epoch
+  # end's validation ranks each sound's own image at median <= teacher_guard_rank
+  # x N (chance ~N/2) and at most teacher_guard_max_inter of audio pairs reach
+  # delta_a (methods/icl.py teacher_guard).
+  c.method.teacher_guard = True
+  c.method.teacher_guard_rank = 0.25
+  c.method.teacher_guard_max_inter = 0.5
   c.method.sample_fraction = 1.0
   # LVS (methods/lvs.py); HardPos and EZ-VSL read `temperature` and HardPos the
   # masks' `epsilon`, `mask_tau` and `negative_pooling` as well.

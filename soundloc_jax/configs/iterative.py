@@ -19,7 +19,15 @@ defaults of `method.*` in default.py):
                   per row, only 52% of the same class, and training stalled
                   (test cIoU 0.50 for itr+inter); 0.99 admits 99% same-class
                   pairs and full Eq. 7 reached 0.67.
-  init_epochs = 3 Eq. 3 epochs before the first teacher exists.
+  init_epochs = 3 Eq. 3 epochs before the first teacher exists, at least:
+                  the teacher starts only once it passes its guard at an
+                  epoch end (teacher_guard = True): the validation median
+                  rank of each sound's own image at most 25% of the split
+                  (teacher_guard_rank; chance ~50%) and at most 50% of audio
+                  pairs at cosine >= delta_a (teacher_guard_max_inter). The
+                  paper trains Eq. 3 "until convergence"; an untrained
+                  teacher makes every pair an inter-frame positive. On the
+                  demo the guard passes at epoch 3 (median rank ~100 of 500).
   v+ / v- average ALL patches above / below delta_v (sample_fraction = 1.0);
   the paper's "randomly sample" is available as sample_fraction < 1.
 """

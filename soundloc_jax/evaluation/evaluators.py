@@ -162,6 +162,7 @@ class EvalResult:
   gt_maps: np.ndarray | None       # None: the split has no annotations
   summary: dict
   ranks: np.ndarray | None = None  # retrieval rank of each sound's own image
+  audio: np.ndarray | None = None  # [N, d] audio embeddings, when an evaluator needed features
 
   def items(self):
     return self.metrics.items()
@@ -216,7 +217,8 @@ class SplitEvaluator:
       summary = summary or scores.summary
     nan = np.full(len(outputs.ids), np.nan, np.float32)
     return EvalResult(self.name, metrics, outputs.ids, per_sample.get("cious", nan),
-                      outputs.responses, outputs.gt_maps, summary, per_sample.get("ranks"))
+                      outputs.responses, outputs.gt_maps, summary, per_sample.get("ranks"),
+                      outputs.audio)
 
   def _collect(self, predict_fn, features: bool) -> SplitOutputs:
     ev, ds = self.config.eval, self.config.dataset

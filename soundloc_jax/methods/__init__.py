@@ -16,4 +16,5 @@ modules never import the trainer, the workdir or inference.
 """
 
 from soundloc_jax.methods import ezvsl, hardpos, icl, lvs  # noqa: F401  (registers them)
-from soundloc_jax.methods.registry import Method, get, names, register  # noqa: F401
+from soundloc_jax.methods.registry import (  # noqa: F401
+    Method, TeacherSchedule, get, names, register)
