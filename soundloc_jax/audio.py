@@ -41,6 +41,10 @@ LVS_TRAIN = dict(kind="lvs_psd", sample_rate=16000, clip_seconds=3.0, nperseg=51
 # The LVS test code's transform, 10 s (257 x 671; see EVAL_PROTOCOL.md).
 LVS_TEST = dict(kind="lvs_psd", sample_rate=16000, clip_seconds=10.0, nperseg=512,
                 noverlap=274)
+# The stamps benchmark (data_builders/stamps): 1 s as a 64-band log-mel with a
+# 10 ms hop (64 x 101).
+STAMPS = dict(kind="log_mel", sample_rate=16000, clip_seconds=1.0, n_fft=512, hop_length=160,
+              n_mels=64)
 # The parameters each kind reads.
 KIND_KEYS = {"lvs_psd": ("kind", "sample_rate", "clip_seconds", "nperseg", "noverlap"),
              "log_mel": ("kind", "sample_rate", "clip_seconds", "n_fft", "hop_length", "n_mels")}

@@ -4,7 +4,8 @@ baseline of issue 6: multiple-instance contrastive learning (max over patches).
 `--config=configs/ezvsl.py[:PRESET]`
   PRESET    "" (default): the embedded av_digits demo; vggsound_144k or
             flickr_144k: the real-data settings of HardPos Tables 1 and 2
-            (configs/datasets.py), the training sets EZ-VSL also reports.
+            (configs/datasets.py), the training sets EZ-VSL also reports;
+            stamps: the real-media benchmark built offline.
 
 Values (the loss rules are in `soundloc_jax/methods/ezvsl.py`):
   temperature = 0.03        EZ-VSL's training temperature.
@@ -24,7 +25,7 @@ import ml_collections
 
 from soundloc_jax.configs import datasets, default
 
-PRESETS = ("", "vggsound_144k", "flickr_144k")
+PRESETS = ("", "vggsound_144k", "flickr_144k", "stamps")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -35,6 +36,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.temperature = 0.03
   c.model.audio_pool = "max"
   c = datasets.apply_preset(c, preset)
-  if preset:
+  if preset and preset != "stamps":  # stamps keeps the 6x6 map of its 96 px images
     c.model.layer4_stride = 2
   return c

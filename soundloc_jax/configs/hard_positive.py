@@ -2,7 +2,8 @@
 
 `--config=configs/hard_positive.py[:PRESET][,neighbours=KIND]`
   PRESET      "" (default): the embedded av_digits demo; vggsound_144k
-              (Table 1) or flickr_144k (Table 2): real data (configs/datasets.py).
+              (Table 1) or flickr_144k (Table 2): real data (configs/datasets.py);
+              stamps: the real-media benchmark built offline.
   KIND        mined (default): hard positives from the neighbours file that
               `python -m soundloc_jax.mine --workdir=BASELINE_WORKDIR` writes
               from a Vanilla-LVS run (`configs/lvs.py:,variant=vanilla`); pass
@@ -31,7 +32,8 @@ Values (the defaults of `method.*` in default.py; the loss rules are in
                                     demo uses 300: the paper picks K near the
                                     clips per class (300-1000 in VGGSound), and
                                     the demo's 4,000 examples hold ~400 per
-                                    sounding class. Only the first K columns
+                                    sounding class; stamps 100 (~130 per
+                                    sounding group). Only the first K columns
                                     of the mined file are used.
 """
 
@@ -40,8 +42,10 @@ import ml_collections
 from soundloc_jax.configs import datasets, default
 
 NEIGHBOURS = ("mined", "random")
-PRESETS = ("", "vggsound_144k", "flickr_144k")
+PRESETS = ("", "vggsound_144k", "flickr_144k", "stamps")
 DEMO_NUM_NEIGHBOURS = 300
+# stamps: ~130 training examples per sounding group (6,000 over 45 groups).
+STAMPS_NUM_NEIGHBOURS = 100
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -51,6 +55,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = default.get_config()  # the values above are default.py's method.* defaults
   c.method.name = "hardpos"
   c.method.neighbours = options["neighbours"]
-  if not preset:
-    c.method.num_neighbours = DEMO_NUM_NEIGHBOURS
+  if not preset or preset == "stamps":
+    c.method.num_neighbours = STAMPS_NUM_NEIGHBOURS if preset else DEMO_NUM_NEIGHBOURS
   return datasets.apply_preset(c, preset)

@@ -2,7 +2,8 @@
 
 `--config=configs/iterative.py[:PRESET][,ablation=ROW]`
   PRESET   "" (default): the embedded av_digits demo, ~10 min on 2 CPU cores;
-           flickr_10k, flickr_20k, music_synthetic: real data (configs/datasets.py).
+           flickr_10k, flickr_20k, music_synthetic: real data (configs/datasets.py);
+           stamps: the real-media benchmark built offline (data_builders/stamps).
   ROW      one of ICL Table 2's rows: initial, itr, itr_intra, itr_inter, full
            (default full = Eq. 7).
 
@@ -47,7 +48,7 @@ ABLATIONS = {
 
 # Real-data presets: configs/datasets.py (ICL's Flickr-SoundNet 10k / 20k and
 # MUSIC-Synthetic settings).
-PRESETS = ("", "flickr_10k", "flickr_20k", "music_synthetic")
+PRESETS = ("", "flickr_10k", "flickr_20k", "music_synthetic", "stamps")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

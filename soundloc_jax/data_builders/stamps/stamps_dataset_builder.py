@@ -49,8 +49,7 @@ SEED = 20240917
 # 1 s of 16 kHz audio as a 64-band log-mel with a 10 ms hop: 64 x 101. One
 # second holds most of a trimmed recording (median ~1.5 s; 30 are shorter),
 # and the small input keeps training on 2 CPU cores fast.
-DEFAULT_AUDIO = dict(kind="log_mel", sample_rate=16000, clip_seconds=1.0, n_fft=512,
-                     hop_length=160, n_mels=64)
+DEFAULT_AUDIO = audio_lib.STAMPS
 FULL_SIZES = {"train": 6000, "validation": 500, "test": 500, "test_unseen": 500}
 UNSEEN_FRACTION = 0.2
 
