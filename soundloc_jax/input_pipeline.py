@@ -7,6 +7,8 @@ Batch contract (every dataset builder's examples are mapped to this):
   * `box`          float32 `[B, 4]`        demo data: sounding box [x0, y0, x1, y1] in
                                            input pixels, half-open (eval splits)
   * `index`        int64   `[B]`           position in the split (host only)
+  * `silent_maps`  float32 `[B, K, S, S]`  test splits storing `silent_boxes` (stamps):
+    `silent_valid` bool `[B, K]`          one map per silent object, padded (host only)
   * `gt_map`       float32 `[B, S, S]`     real test splits: ground-truth map at the
                                            evaluation size (host only, see below)
 Data sources come from `data.open_source` (`tfds.data_source` over
@@ -64,8 +66,10 @@ def preprocess(example: dict, *, image_size: int, augment: bool, rng: np.random.
                eval_audio: str = "") -> dict:
   """One decoded TFDS example -> the batch contract (numpy, host side).
   `gt_format` (from the dataset metadata) adds `gt_map` at `gt_size` for
-  examples with `gt_boxes`; `eval_audio="lvs_test"` recomputes `spectrogram`
-  from the stored test `waveform`."""
+  examples with `gt_boxes`, and `silent_maps` / `silent_valid` for examples
+  with `silent_boxes` (`annotations.silent_maps_from_boxes`);
+  `eval_audio="lvs_test"` recomputes `spectrogram` from the stored test
+  `waveform`."""
   image = np.asarray(example["image"])
   if image.ndim == 2:
     image = np.repeat(image[..., None], 3, axis=-1)
@@ -87,6 +91,9 @@ def preprocess(example: dict, *, image_size: int, augment: bool, rng: np.random.
   }
   if gt_format and "gt_boxes" in example:
     out["gt_map"] = annotations.gt_map_from_boxes(example["gt_boxes"], gt_format, gt_size)
+  if gt_format and np.size(example.get("silent_boxes", ())):
+    out["silent_maps"], out["silent_valid"] = annotations.silent_maps_from_boxes(
+        example["silent_boxes"], gt_format, gt_size)
   ident = example.get("id", b"")
   out["id"] = ident if isinstance(ident, bytes) else str(ident).encode()
   if "box" in example:

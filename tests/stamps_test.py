@@ -452,3 +452,32 @@ def test_catalog_grouping_rules_on_package_names():
   shifted = np.concatenate([np.zeros(700), 0.3 * burst, np.zeros(200)])
   assert catalog.max_normalised_correlation(burst, shifted) > 0.999
   assert catalog.max_normalised_correlation(burst, rng.standard_normal(2500)) < 0.3
+
+
+def test_the_evaluator_runs_the_silent_object_test_on_stamps_splits(built):
+  """`config.evals.test` of the stamps preset: localization, the silent-object
+  test and retrieval. The oracle map wins against every silent object, a
+  constant map ties (0.5); the silent maps are the stored silent boxes."""
+  from soundloc_jax.configs import iterative
+  config = iterative.get_config("stamps")
+  config.eval.batch_size = 7  # several batches, the last one padded
+  source = built["builder"].as_data_source()["test"]
+  boxes = [np.asarray(source[i]["gt_boxes"]) for i in range(len(source))]
+  oracle = np.stack([annotations.box_gt_map(b, size=SIZE) for b in boxes])
+  calls = iter(range(len(source)))
+
+  def predict(maps):
+    def fn(image, spectrogram):
+      take = [next(calls, len(source) - 1) for _ in range(len(image))]
+      return maps[np.minimum(take, len(source) - 1)]
+    return fn
+
+  evals = ("localization", "silent_object")
+  result = evaluators.SplitEvaluator("test", source, config, evals).run(predict(oracle))
+  assert result.metrics["silent"] == 1.0 and result.metrics["pointing"] == 1.0
+  assert result.metrics["silent_ci95_lo"] == 1.0 and "silent-object test 1.000" in result.describe()
+  calls = iter(range(len(source)))
+  flat = np.ones_like(oracle)
+  result = evaluators.SplitEvaluator("test", source, config, evals).run(predict(flat))
+  assert result.metrics["silent"] == 0.5
+  assert config.evals.test == ("localization", "silent_object", "retrieval")

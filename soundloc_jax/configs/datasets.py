@@ -72,7 +72,8 @@ PRESETS = {
     "stamps": dict(dataset="stamps", test_splits=("test", "test_unseen"), image_size=96,
                    augment=False, width=16, eval_size=224, protocol="fixed",
                    success_threshold=0.5, audio=audio_lib.STAMPS, batch_size=64,
-                   num_epochs=12, learning_rate=1e-3),
+                   num_epochs=12, learning_rate=1e-3,
+                   test_evals=("localization", "silent_object", "retrieval")),
 }
 
 
@@ -104,4 +105,6 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
   c.num_epochs = p["num_epochs"]
   if "learning_rate" in p:
     c.optimizer.learning_rate = p["learning_rate"]
+  if "test_evals" in p:
+    c.evals.test = tuple(p["test_evals"])
   return c

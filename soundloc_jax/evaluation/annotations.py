@@ -39,6 +39,8 @@ from soundloc_jax.evaluation.protocol import DEFAULT_SIZE
 from soundloc_jax.evaluation.resize import size_hw
 
 GT_FORMATS = ("flickr256", "unit", "pixels", "pixels:S")
+# Silent objects per example the input pipeline pads to (`silent_maps_from_boxes`).
+MAX_SILENT_OBJECTS = 4
 
 
 def pixel_frame(gt_format: str) -> int | None:
@@ -156,6 +158,20 @@ def gt_map_from_boxes(boxes, gt_format: str, size: int) -> np.ndarray:
     return _consensus_map((boxes.astype(np.float64) * size / 256).astype(np.int64), size)
   raise DatasetError(f"unknown gt_format {gt_format!r} in the dataset metadata; "
                      f"expected one of {GT_FORMATS}")
+
+
+def silent_maps_from_boxes(boxes, gt_format: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """One map per silent object's box (`silent_boxes` `[k, 4]`, the rule of
+  `gt_format`), padded: `(maps [K, size, size] float32, valid [K] bool)`
+  with K = MAX_SILENT_OBJECTS (for the silent-object test, `objects.py`)."""
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  if len(boxes) > MAX_SILENT_OBJECTS:
+    raise DatasetError(f"an example has {len(boxes)} silent boxes, more than "
+                       f"{MAX_SILENT_OBJECTS}")
+  maps = np.zeros((MAX_SILENT_OBJECTS, size, size), np.float32)
+  for k, box in enumerate(boxes):
+    maps[k] = gt_map_from_boxes(box[None], gt_format, size)
+  return maps, np.arange(MAX_SILENT_OBJECTS) < len(boxes)
 
 
 def gt_maps_from_batch(batch: dict, size: int, image_size: int) -> np.ndarray:

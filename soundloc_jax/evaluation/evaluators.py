@@ -37,7 +37,7 @@ import numpy as np
 
 from soundloc_jax import input_pipeline
 from soundloc_jax.errors import ConfigError, DatasetError
-from soundloc_jax.evaluation import annotations, protocol
+from soundloc_jax.evaluation import annotations, objects, protocol
 
 
 @dataclasses.dataclass
@@ -48,6 +48,8 @@ class SplitOutputs:
   gt_maps: np.ndarray | None       # [N, S, S]; None: the split has no annotations
   visual: np.ndarray | None = None  # [N, h, w, d] when an evaluator needs features
   audio: np.ndarray | None = None   # [N, d]
+  silent_maps: np.ndarray | None = None   # [N, K, S, S] when the split stores silent boxes
+  silent_valid: np.ndarray | None = None  # [N, K]
 
 
 @dataclasses.dataclass
@@ -78,12 +80,24 @@ def _localization(outputs: SplitOutputs, ev) -> Scores:
       order=ev.order, success_threshold=ev.success_threshold)
   _, median = protocol.evaluate_maps(responses, gt_maps, protocol="median", size=ev.size,
                                      success_threshold=ev.success_threshold)
-  pointing = float(np.mean(protocol.pointing_hits(responses, gt_maps, size=ev.size)))
+  pointing = protocol.mean_ci95(protocol.pointing_hits(responses, gt_maps, size=ev.size))
   metrics = {"ciou": summary["ciou"], "auc": summary["auc"],
              "ciou_ci95_lo": summary["ciou_ci95"][0], "ciou_ci95_hi": summary["ciou_ci95"][1],
-             "ciou_median": median["ciou"], "auc_median": median["auc"], "pointing": pointing,
+             "ciou_median": median["ciou"], "auc_median": median["auc"], "pointing": pointing[0],
+             "pointing_ci95_lo": pointing[1], "pointing_ci95_hi": pointing[2],
              "n": len(outputs.ids)}
   return Scores(metrics, {"cious": np.asarray(cious)}, summary)
+
+
+def _silent_object(outputs: SplitOutputs, ev) -> Scores:
+  if outputs.silent_maps is None:
+    raise DatasetError("evaluator 'silent_object' needs the silent objects' boxes "
+                       "('silent_boxes', e.g. the stamps benchmark), which this split lacks")
+  scores = objects.silent_object_scores(outputs.responses, outputs.gt_maps, outputs.silent_maps,
+                                        outputs.silent_valid, size=ev.size)
+  mean, lo, hi = protocol.mean_ci95(scores)
+  return Scores({"silent": mean, "silent_ci95_lo": lo, "silent_ci95_hi": hi,
+                 "n": len(outputs.ids)}, {"silent": scores})
 
 
 def retrieval_scores(visual: np.ndarray, audio: np.ndarray,
@@ -129,7 +143,9 @@ def _retrieval(outputs: SplitOutputs, ev) -> Scores:
 EVALUATORS = {e.name: e for e in (
     Evaluator("localization", _localization, needs_annotations=True,
               metrics=("ciou", "auc", "ciou_ci95_lo", "ciou_ci95_hi", "ciou_median",
-                       "auc_median", "pointing", "n")),
+                       "auc_median", "pointing", "pointing_ci95_lo", "pointing_ci95_hi", "n")),
+    Evaluator("silent_object", _silent_object, needs_annotations=True,
+              metrics=("silent", "silent_ci95_lo", "silent_ci95_hi", "n")),
     Evaluator("retrieval", _retrieval, needs_features=True,
               metrics=("r1", "r5", "median_rank", "r1_chance", "r5_chance", "n")),
 )}
@@ -172,13 +188,17 @@ class EvalResult:
     return "ciou" in self.metrics
 
   def describe(self, success_threshold: float = 0.5) -> str:
-    """One line: cIoU / AUC (both protocols) and / or retrieval R@1 / R@5."""
+    """One line: cIoU / AUC (both protocols), the silent-object test and / or
+    retrieval R@1 / R@5, as the split's evaluators reported them."""
     m, parts = self.metrics, []
     if self.localized:
       parts.append(f"cIoU@{success_threshold:g} {m['ciou']:.3f} [{m['ciou_ci95_lo']:.3f}, "
                    f"{m['ciou_ci95_hi']:.3f}] AUC {m['auc']:.3f} | median protocol cIoU "
                    f"{m['ciou_median']:.3f} AUC {m['auc_median']:.3f} | pointing "
                    f"{m['pointing']:.3f}")
+    if "silent" in m:
+      parts.append(f"silent-object test {m['silent']:.3f} [{m['silent_ci95_lo']:.3f}, "
+                   f"{m['silent_ci95_hi']:.3f}]")
     if self.ranks is not None:
       parts.append(f"retrieval R@1 {m['r1']:.3f} R@5 {m['r5']:.3f} (chance {m['r1_chance']:.3f}"
                    f" / {m['r5_chance']:.3f})")
@@ -222,7 +242,7 @@ class SplitEvaluator:
 
   def _collect(self, predict_fn, features: bool) -> SplitOutputs:
     ev, ds = self.config.eval, self.config.dataset
-    responses, gts, ids, visual, audio = [], [], [], [], []
+    responses, gts, ids, visual, audio, silent, silent_valid = [], [], [], [], [], [], []
     for batch in input_pipeline.eval_batches(
         self.source, batch_size=ev.batch_size, image_size=ds.image_size,
         num_threads=ds.num_workers, gt_format=annotations.gt_format_of(self.source),
@@ -242,8 +262,13 @@ class SplitEvaluator:
         audio.append(np.asarray(outputs["audio_embedding"], np.float32)[valid])
       if self.annotated:
         gts.append(annotations.gt_maps_from_batch(batch, ev.size, ds.image_size)[valid])
+      if "silent_maps" in batch:
+        silent.append(np.asarray(batch["silent_maps"])[valid])
+        silent_valid.append(np.asarray(batch["silent_valid"])[valid])
       ids.extend(i.decode() if isinstance(i, bytes) else str(i) for i in batch["id"][valid])
     return SplitOutputs(ids, np.concatenate(responses),
                         np.concatenate(gts) if self.annotated else None,
                         np.concatenate(visual) if features else None,
-                        np.concatenate(audio) if features else None)
+                        np.concatenate(audio) if features else None,
+                        np.concatenate(silent) if silent else None,
+                        np.concatenate(silent_valid) if silent else None)

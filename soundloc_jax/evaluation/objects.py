@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from soundloc_jax.evaluation.annotations import MAX_SILENT_OBJECTS
 from soundloc_jax.evaluation.protocol import _BLOCK
 from soundloc_jax.evaluation.resize import resize_bilinear
-
-# Silent objects per example the input pipeline pads to (`silent_maps`).
-MAX_SILENT_OBJECTS = 4
 
 
 def pad_silent_maps(silent_maps) -> tuple[np.ndarray, np.ndarray]:

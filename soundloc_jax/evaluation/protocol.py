@@ -421,6 +421,15 @@ def pointing_hits(responses, gt_maps, size=None, block_size=_BLOCK) -> np.ndarra
   return out
 
 
+def mean_ci95(values, n_bootstrap=1000, seed=0) -> tuple[float, float, float]:
+  """`(mean, lo, hi)`: the mean of per-sample `values` and the 2.5 / 97.5
+  percentiles of the means of `n_bootstrap` resamples (as `summarize`)."""
+  values = np.asarray(values, np.float64)
+  idx = np.random.default_rng(seed).integers(0, len(values), (n_bootstrap, len(values)))
+  lo, hi = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
+  return float(values.mean()), float(lo), float(hi)
+
+
 def evaluate_maps(responses, gt_maps, protocol="median", size=None,
                   threshold=0.5, order="upsample_first",
                   success_threshold=0.5, n_bootstrap=1000, seed=0):
