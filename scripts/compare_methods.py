@@ -58,8 +58,9 @@ METHODS = {
     "icl_full": ("configs/iterative.py:,ablation=full", None, "ICL full (Eq. 7)", ()),
 }
 # The negatives' anchor study (docs/notes): HardPos (all four positives), its
-# `b` control (P_b alone with HardPos's negative set) and Random HP, each with
-# the three anchors of `method.negative_anchor`.
+# `b` control (P_b alone with HardPos's negative set), P_b + P_a (the audio
+# neighbour's positive alone, the one the anchor is about) and Random HP,
+# each with the three anchors of `method.negative_anchor`.
 for _anchor in ("audio", "image", "both"):
   _flags = MASKED + (f"--config.method.negative_anchor={_anchor}",)
   METHODS[f"hp_{_anchor}"] = ("configs/hard_positive.py", "lvs_vanilla",
@@ -67,6 +68,9 @@ for _anchor in ("audio", "image", "both"):
   METHODS[f"hpb_{_anchor}"] = ("configs/hard_positive.py", "lvs_vanilla",
                                f"P_b only (control), {_anchor}-anchored negatives",
                                _flags + ("--config.method.positives=b",))
+  METHODS[f"hpa_{_anchor}"] = ("configs/hard_positive.py", "lvs_vanilla",
+                               f"P_b + P_a (audio neighbour only), {_anchor}-anchored negatives",
+                               _flags + ("--config.method.positives=ba",))
   METHODS[f"rhp_{_anchor}"] = ("configs/hard_positive.py:,neighbours=random", None,
                                f"Random HP, {_anchor}-anchored negatives", _flags)
 # `<row>_init`: the same row started from the Vanilla-LVS run of the same seed
