@@ -1,9 +1,22 @@
-"""Every method on the demo data, same budget, several seeds -> one results table.
+"""Every method on one benchmark, same budget, several seeds -> one results table.
 
   python scripts/compare_methods.py --out=/tmp/compare              # all rows, seeds 0,1,2
   python scripts/compare_methods.py --out=DIR --methods=lvs_vanilla,hardpos --seeds=0
   python scripts/compare_methods.py --out=DIR --table_only          # re-print from finished runs
   python scripts/compare_methods.py --out=DIR --rescore             # score them again, re-print
+  python scripts/compare_methods.py --out=DIR --benchmark=stamps --data_dir=D \
+      --methods=untrained,centre,icl_initial,icl_full,lvs_vanilla,lvs
+                                               # the real-media benchmark (data_builders/stamps)
+
+`--benchmark=demo` (default) trains on av_digits; `--benchmark=stamps` uses
+each method file's `stamps` preset (its budget: 12 epochs unless `--epochs`)
+on the stamps build in `--data_dir`, scores `test` and `test_unseen`, and
+adds the columns that benchmark supports: the silent-object test, pointing
+and cIoU intervals, retrieval R@1, and the median rule's cIoU ceiling. Two
+rows need no training: `untrained` (the ICL model saved at step 0,
+`num_epochs=0`) and `centre` (a fixed Gaussian guess at the image centre,
+`evaluation.baselines.centre_prior`; pointing has to beat it, not only
+chance).
 
 Each (method, seed) trains with `python -m soundloc_jax.main` in
 `OUT/<method>/seed<S>` for `--epochs` epochs with `--config.seed=S` and
@@ -73,6 +86,10 @@ for _anchor in ("audio", "image", "both"):
                                _flags + ("--config.method.positives=ba",))
   METHODS[f"rhp_{_anchor}"] = ("configs/hard_positive.py:,neighbours=random", None,
                                f"Random HP, {_anchor}-anchored negatives", _flags)
+# Rows without training: the model at step 0, and a fixed centre guess.
+METHODS["untrained"] = ("configs/iterative.py", None, "untrained (step 0)",
+                        ("--config.num_epochs=0",))
+METHODS["centre"] = (None, None, "centre guess (Gaussian, sigma = side / 4)", ())
 # `<row>_init`: the same row started from the Vanilla-LVS run of the same seed
 # (`model.init_from`, both streams; fresh optimizer and step) and trained for
 # as many epochs again; `lvs_vanilla_init` is that baseline trained on.
@@ -89,7 +106,12 @@ def parse_args(argv=None):
   p.add_argument("--methods", default=",".join(METHODS),
                  help=f"comma-separated subset of: {', '.join(METHODS)}")
   p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--epochs", type=int, default=12, help="epochs per run (the same for all)")
+  p.add_argument("--epochs", type=int, default=None,
+                 help="epochs per run, the same for all (default: 12 on the demo, the "
+                      "preset's budget on another benchmark)")
+  p.add_argument("--benchmark", default="demo", choices=sorted(BENCHMARKS),
+                 help="demo: av_digits; stamps: the real-media benchmark (needs --data_dir)")
+  p.add_argument("--data_dir", default="", help="where the benchmark's dataset is built")
   p.add_argument("--extra", action="append", default=[],
                  help="extra --config.x=y flag for every run (repeatable)")
   p.add_argument("--table_only", action="store_true", help="only collect finished runs")
@@ -102,7 +124,21 @@ def parse_args(argv=None):
   if unknown:
     p.error(f"unknown method(s) {unknown}; available: {', '.join(METHODS)}")
   args.seeds = [int(s) for s in args.seeds.split(",") if s]
+  if args.epochs is None and args.benchmark == "demo":
+    args.epochs = 12
   return args
+
+
+# benchmark -> (config preset, the test splits its runs are scored on)
+BENCHMARKS = {"demo": ("", ("test",)), "stamps": ("stamps", ("test", "test_unseen"))}
+
+
+def config_arg(config: str, benchmark: str) -> str:
+  """`configs/x.py:ARG` with the benchmark's preset as ARG's first part."""
+  preset = BENCHMARKS[benchmark][0]
+  path, _, arg = config.partition(":")
+  options = arg.split(",")[1:] if arg else []
+  return f"{path}:{','.join([preset] + options)}" if (preset or options) else path
 
 
 def _run(cmd: list[str], log_path: str) -> None:
@@ -119,17 +155,26 @@ def workdir_of(out: str, method: str, seed: int) -> str:
   return os.path.join(out, method, f"seed{seed}")
 
 
-def test_metrics_path(workdir: str) -> str:
-  return os.path.join(workdir, "eval", "test", "metrics.json")
+def test_metrics_path(workdir: str, split: str = "test") -> str:
+  return os.path.join(workdir, "eval", split, "metrics.json")
+
+
+def finished(args, workdir: str) -> bool:
+  return all(os.path.exists(test_metrics_path(workdir, split))
+             for split in BENCHMARKS[args.benchmark][1])
 
 
 def train_one(args, method: str, seed: int) -> None:
   workdir = workdir_of(args.out, method, seed)
-  if os.path.exists(test_metrics_path(workdir)):
+  if finished(args, workdir):
     return
   config, baseline, _, own_flags = METHODS[method]
-  flags = [f"--config={config}", f"--workdir={workdir}", f"--config.seed={seed}",
-           f"--config.num_epochs={args.epochs}", *own_flags, *args.extra]
+  if config is None:  # the centre guess: nothing to train
+    return score_centre(args, workdir)
+  epochs = [] if args.epochs is None else [f"--config.num_epochs={args.epochs}"]
+  data_dir = [f"--config.dataset.data_dir={args.data_dir}"] if args.data_dir else []
+  flags = [f"--config={config_arg(config, args.benchmark)}", f"--workdir={workdir}",
+           f"--config.seed={seed}", *epochs, *data_dir, *own_flags, *args.extra]
   if baseline is not None:
     base_dir = workdir_of(args.out, baseline, seed)
     train_one(args, baseline, seed)
@@ -145,13 +190,38 @@ def train_one(args, method: str, seed: int) -> None:
   _run([sys.executable, "-m", "soundloc_jax.main", *flags], os.path.join(workdir, "train.log"))
 
 
+def score_centre(args, workdir: str) -> None:
+  """The centre guess scored like a run: `eval/<split>/metrics.json`."""
+  import numpy as np
+
+  from soundloc_jax import data
+  from soundloc_jax.configs import iterative
+  from soundloc_jax.evaluation import baselines, evaluators
+  config = iterative.get_config(BENCHMARKS[args.benchmark][0])
+  if args.data_dir:
+    config.dataset.data_dir = args.data_dir
+  name, data_dir = data.prepare_data(config)
+  evals = tuple(e for e in config.evals.test if not evaluators.EVALUATORS[e].needs_features)
+  for split in BENCHMARKS[args.benchmark][1]:
+    source = data.open_source(name, split, data_dir)
+    prior = baselines.centre_prior(1, config.eval.size)[0]
+    result = evaluators.SplitEvaluator(split, source, config, evals).run(
+        lambda image, spectrogram: np.broadcast_to(prior, (len(image),) + prior.shape))
+    os.makedirs(os.path.dirname(test_metrics_path(workdir, split)), exist_ok=True)
+    with open(test_metrics_path(workdir, split), "w") as f:
+      json.dump(result.metrics, f, indent=1)
+    print(f"centre guess, {split}: {result.describe()}", flush=True)
+
+
 def rescore(args) -> None:
   """`--mode=eval` of each finished run, in this process, with its own config."""
   from soundloc_jax import evaluate, workdir
   for method in args.methods:
     for seed in args.seeds:
       workdir_path = workdir_of(args.out, method, seed)
-      if os.path.exists(test_metrics_path(workdir_path)):
+      if METHODS[method][0] is None:  # the centre guess: score it again
+        score_centre(args, workdir_path)
+      elif finished(args, workdir_path):
         evaluate.evaluate_checkpoint(workdir.read_config(workdir_path), workdir_path)
 
 
@@ -162,7 +232,54 @@ def _fmt(values: list[float]) -> str:
   return f"{mean:.3f} ({min(values):.3f}..{max(values):.3f})"
 
 
+def _ci(found, key) -> str:
+  if not all(f"{key}_ci95_lo" in m for m in found):
+    return ""
+  return (f" [{statistics.fmean(m[key + '_ci95_lo'] for m in found):.3f}, "
+          f"{statistics.fmean(m[key + '_ci95_hi'] for m in found):.3f}]")
+
+
+def _cell(found, key) -> str:
+  if not all(key in m for m in found):
+    return "n/a"
+  return _fmt([m[key] for m in found]) + _ci(found, key)
+
+
+def collect_benchmark(args) -> str:
+  """The real-media table: per split, per row, the mean over seeds (min..max)
+  with the mean of the seeds' 95% bootstrap intervals."""
+  columns = (("pointing", "pointing"), ("silent-object test", "silent"),
+             ("cIoU@0.5 fixed", "ciou"), ("AUC fixed", "auc"),
+             ("cIoU@0.5 median rule", "ciou_median"), ("retrieval R@1", "r1"))
+  out, epochs = [], set()
+  for split in BENCHMARKS[args.benchmark][1]:
+    rows = [f"\n**{split}**\n", "| method | seeds | " + " | ".join(c for c, _ in columns) + " |",
+            "|" + "---|" * (len(columns) + 2)]
+    for method in args.methods:
+      found = []
+      for seed in args.seeds if METHODS[method][0] is not None else args.seeds[:1]:
+        workdir = workdir_of(args.out, method, seed)
+        if os.path.exists(test_metrics_path(workdir, split)):
+          with open(test_metrics_path(workdir, split)) as f:
+            found.append(json.load(f))
+          if os.path.exists(os.path.join(workdir, "config.json")):
+            with open(os.path.join(workdir, "config.json")) as f:
+              epochs.add(json.load(f)["num_epochs"])
+      cells = [_cell(found, key) if found else "" for _, key in columns]
+      rows.append(f"| {METHODS[method][2]} | {len(found) or 'not run'} | " + " | ".join(cells)
+                  + " |")
+    out += rows
+  note = (f"\nEpochs per trained run: {sorted(e for e in epochs if e) or '?'}; seeds "
+          f"{args.seeds}; benchmark {args.benchmark} in {args.data_dir or 'the default data_dir'};"
+          " intervals: the mean over seeds of each run's 95% bootstrap interval; the median "
+          "rule caps cIoU at twice the box fraction (data_builders/stamps/README.md); extra "
+          f"flags: {args.extra or 'none'}.\n")
+  return "\n".join(out) + "\n" + note
+
+
 def collect(args) -> str:
+  if args.benchmark != "demo":
+    return collect_benchmark(args)
   header = ("| method | seeds | cIoU@0.5 mean (min..max) | cIoU 95% CI (mean of seeds) "
             "| AUC mean (min..max) | LVS-median cIoU | LVS-median AUC | pointing |")
   rows = [header, "|" + "---|" * 8]
@@ -200,7 +317,8 @@ def main(argv=None):
   elif not args.table_only:
     for seed in args.seeds:
       for method in args.methods:
-        train_one(args, method, seed)
+        if METHODS[method][0] is not None or seed == args.seeds[0]:
+          train_one(args, method, seed)
   table = collect(args)
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(table)

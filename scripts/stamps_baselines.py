@@ -39,7 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from soundloc_jax.evaluation import annotations, objects, protocol  # noqa: E402
+from soundloc_jax.evaluation import annotations, baselines, objects, protocol  # noqa: E402
 
 EVAL_SIZE = 224
 STRIDE = 16
@@ -73,10 +73,7 @@ def oracle_cells(source, fmt: str, size: int) -> np.ndarray:
 
 
 def centre_map(n: int) -> np.ndarray:
-  c = (EVAL_SIZE - 1) / 2
-  y, x = np.mgrid[0:EVAL_SIZE, 0:EVAL_SIZE]
-  bump = np.exp(-((x - c) ** 2 + (y - c) ** 2) / (2 * (EVAL_SIZE / 4) ** 2)).astype(np.float32)
-  return np.broadcast_to(bump, (n, EVAL_SIZE, EVAL_SIZE))
+  return baselines.centre_prior(n, EVAL_SIZE)
 
 
 def _boot(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float]:
