@@ -51,7 +51,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # LVS-style losses on the demo need LVS's released-code negatives: with Eq. 5's
-# plain spatial means they collapse (README, HardPos section).
+# plain spatial means they collapse (docs/methods.md, LVS and Vanilla-LVS).
 MASKED = ("--config.method.negative_pooling=masked",)
 
 # name -> (config arg, the baseline row whose run HardPos mines, description,

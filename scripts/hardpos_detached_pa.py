@@ -1,5 +1,6 @@
-"""One diagnostic run of the README's "Which term stops HardPos": HardPos with
-positives P_b and P_a on the demo, where P_a's logit is stop-gradiented. It
+"""One diagnostic run of "Which term stops HardPos"
+(docs/notes/2026-11-28-hardpos-on-the-demo.md): HardPos with positives P_b and P_a
+on the demo, where P_a's logit is stop-gradiented. It
 still enters the log-sum-exp over the positives, so its only effect is to
 take part of P_b's weight; no gradient flows through it.
 

@@ -1,5 +1,5 @@
-"""What a trained HardPos run learned, on the av_digits demo (README, "Which
-term stops HardPos").
+"""What a trained HardPos run learned, on the av_digits demo
+(docs/notes/2026-11-28-hardpos-on-the-demo.md, "What the trained models hold").
 
   python scripts/hardpos_diagnostics.py WORKDIR [WORKDIR ...]
   TRAIN_MODE=1 python scripts/hardpos_diagnostics.py ...   # BatchNorm on batch statistics

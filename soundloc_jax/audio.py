@@ -38,7 +38,7 @@ DEMO = dict(kind="log_mel", sample_rate=16000, clip_seconds=0.5, n_fft=512, hop_
 # Real-data training: the LVS transform on 3 s at 16 kHz (257 x 299, HardPos's "257x300").
 LVS_TRAIN = dict(kind="lvs_psd", sample_rate=16000, clip_seconds=3.0, nperseg=512,
                  noverlap=353)
-# The LVS test code's transform, 10 s (257 x 671; see EVAL_PROTOCOL.md).
+# The LVS test code's transform, 10 s (257 x 671; see docs/evaluation.md).
 LVS_TEST = dict(kind="lvs_psd", sample_rate=16000, clip_seconds=10.0, nperseg=512,
                 noverlap=274)
 # The stamps benchmark (data_builders/stamps): 1 s as a 64-band log-mel with a

@@ -12,7 +12,25 @@ kind of thing is wrong, so callers can catch one kind:
     CheckpointMismatchError a checkpoint of another model than the config's
     CorruptCheckpointError  a listed checkpoint that cannot be read
   InputError                an image, waveform or file given to inference
+`help_is_not_an_error` makes an absl command's `--help` exit with 0.
 """
+
+import contextlib
+import sys
+
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+@contextlib.contextmanager
+def help_is_not_an_error(argv):
+  """Around absl's flag parsing: its help flags print the help and exit with
+  1; asking for help is not an error, so exit with 0 instead."""
+  try:
+    yield
+  except SystemExit as e:
+    if e.code == 1 and any(a in HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
 
 
 class UserError(Exception):

@@ -20,6 +20,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from soundloc_jax.errors import help_is_not_an_error
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -72,7 +74,8 @@ def parse_flags(argv):
   """absl's flag parsing, with bad flags and config errors as one line, exit 2."""
   argv = _with_packaged_config(argv)
   try:
-    args = flags.FLAGS(argv)
+    with help_is_not_an_error(argv):
+      args = flags.FLAGS(argv)
     if _CONFIG.value is not None:
       _CONFIG.value.keys()  # a config file that failed to load raises here
     return args

@@ -124,5 +124,11 @@ def main(argv):
     sys.exit(2)
 
 
+def parse_flags(argv):
+  from soundloc_jax.errors import help_is_not_an_error
+  with help_is_not_an_error(argv):
+    return app.parse_flags_with_usage(argv)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

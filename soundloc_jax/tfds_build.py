@@ -30,6 +30,15 @@ Useful flags (all from `tfds build`): `--data_dir`, `--download_dir`,
 `--beam_pipeline_options=...`, `--imports=...`. `--data_dir` defaults to
 `$TFDS_DATA_DIR` or `~/tensorflow_datasets`.
 
+Errors a user can cause print one line, `error: ...`, naming the file, folder
+or key, and exit with code 2 (as `soundloc_jax.main` and `localize` do): an
+unknown builder (no such folder, no such registered name), an unknown
+`--config`, a missing or empty `manual_dir` of a builder that needs one, and
+every `errors.UserError` of a build (a missing, empty or corrupt media file,
+a bad annotation file, a manual_dir without the builder's layout). They are
+checked before anything is written where possible (`check_args`). Anything
+else is a bug and keeps its traceback.
+
 The equivalent Python API::
 
   Builder(data_dir=D, file_format="array_record").download_and_prepare(
@@ -52,6 +61,8 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import file_adapters
 from tensorflow_datasets.scripts.cli import build
 from tensorflow_datasets.scripts.cli import cli_utils
+
+from soundloc_jax.errors import UserError
 
 DEFAULT_FILE_FORMAT = "array_record"
 
@@ -101,8 +112,94 @@ def _import_project_builders() -> None:
       logging.debug("Could not import %s: %s", module, e)
 
 
+class BuildError(UserError):
+  """A `tfds_build` argument that names no builder, config or manual_dir."""
+
+
+def _builder_class(dataset: str, has_imports: bool):
+  """`(builder class, kwargs parsed from the name)` of a dataset argument, as
+  `tfds build` resolves it (a folder or script, else a registered name)."""
+  try:
+    # TFDS's own resolution, so that what passes here is what it builds.
+    return build._get_builder_cls_and_kwargs(dataset, has_imports=has_imports)  # pylint: disable=protected-access
+  except (FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+    known = ", ".join(f"data_builders/{m.split('.')[2]}" for m in PROJECT_BUILDER_MODULES)
+    what = (f"no such builder folder or script {dataset!r}" if isinstance(e, FileNotFoundError)
+            or os.sep in dataset.rstrip(os.sep) else f"unknown dataset builder {dataset!r}")
+    raise BuildError(f"{what} (neither a folder with <name>_dataset_builder.py nor a registered "
+                     f"TFDS name); the project's builders: {known}") from None
+
+
+def _manual_dir(args: Args, name: str) -> str:
+  """The manual_dir TFDS will read for dataset `name` (its default included)."""
+  paths = args.paths
+  manual = paths.manual_dir or os.path.join(
+      os.fspath(paths.download_dir or os.path.join(os.fspath(paths.data_dir), "downloads")),
+      "manual")
+  if paths.add_name_to_manual_dir:
+    manual = os.path.join(os.fspath(manual), name)
+  return os.fspath(manual)
+
+
+def _layout_doc(builder_cls) -> str:
+  """Where a builder's manual_dir layout is written (its folder's README.md)."""
+  module = sys.modules.get(builder_cls.__module__)
+  folder = os.path.dirname(getattr(module, "__file__", "") or "")
+  readme = os.path.join(folder, "README.md")
+  return readme if os.path.exists(readme) else f"{builder_cls.name}'s MANUAL_DOWNLOAD_INSTRUCTIONS"
+
+
+def check_args(args: Args) -> None:
+  """The builders, configs and manual_dirs `args` names exist: otherwise a
+  `BuildError` naming the argument, before anything is built."""
+  imports = bool(args.generation.imports)
+  for dataset in (args.positional_datasets + args.datasets) or [""]:
+    builder_cls, kwargs = _builder_class(dataset, imports)
+    config = args.generation.config or kwargs.get("config")
+    names = [c.name for c in builder_cls.BUILDER_CONFIGS or ()]
+    if config and not isinstance(config, tfds.core.BuilderConfig) and names and (
+        str(config) not in names):
+      raise BuildError(f"unknown config {str(config)!r} of {builder_cls.name} "
+                       f"(--config; its configs: {', '.join(names)})")
+    if getattr(builder_cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+      manual = _manual_dir(args, builder_cls.name)
+      given = (f"--manual_dir {manual}" if args.paths.manual_dir
+               else f"manual_dir {manual} (the default: no --manual_dir given)")
+      problem = ("does not exist or is not a folder" if not os.path.isdir(manual)
+                 else "is empty" if not os.listdir(manual) else "")
+      if problem:
+        raise BuildError(f"{builder_cls.name} reads your files from a manual_dir: {given} "
+                         f"{problem} (layout: {_layout_doc(builder_cls)})")
+
+
+def _one_line(error: BaseException) -> str:
+  return " ".join(str(error).split())
+
+
 def main(args: Args) -> None:
-  """Same set-up as `tensorflow_datasets.scripts.cli.main.main`, then build."""
+  """Same set-up as `tensorflow_datasets.scripts.cli.main.main`, then build;
+  errors a user can cause as one line, exit code 2."""
+  try:
+    _build(args)
+  except UserError as e:
+    _fail(_one_line(e))
+  except AssertionError as e:
+    # TFDS's own manual_dir check (DownloadManager.manual_dir), should one
+    # be reached that `check_args` did not foresee.
+    if not str(e).startswith("Manual directory"):
+      raise
+    _fail(_one_line(str(e).split(" Create it")[0]))
+
+
+def _fail(message: str) -> None:
+  sys.stdout.flush()
+  # On a terminal a progress bar may have left the cursor mid-line.
+  start = "\n" if sys.stderr.isatty() else ""
+  print(f"{start}error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _build(args: Args) -> None:
   tfds.core.visibility.set_availables([
       tfds.core.visibility.DatasetType.TFDS_PUBLIC,
       tfds.core.visibility.DatasetType.COMMUNITY_PUBLIC,
@@ -117,6 +214,17 @@ def main(args: Args) -> None:
     handler.setStream(tfds.core.utils.tqdm_utils.TqdmStream())
   if not args.generation.imports:
     _import_project_builders()
+  else:
+    for module in args.generation.imports.split(","):
+      importlib.import_module(module)
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.WARNING)  # TFDS logs the resolution again in `execute`
+  try:
+    check_args(args)
+  finally:
+    logging.set_verbosity(verbosity)
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()  # a log file gets the INFO lines, not redrawn bars
   args.execute()
 
 

@@ -149,7 +149,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
           if config.checkpoint.best_metric else None)
 
   start_step = int(jax.device_get(state["step"]))
-  writer = workdir_lib.MetricsWriter(workdir)
+  # TensorBoard hides what an interrupted run logged after the checkpoint it resumes from.
+  writer = workdir_lib.MetricsWriter(workdir, purge_step=start_step + 1)
   predict = state_lib.make_predict_fn(graphdef, outputs="all")
   overlay_ids = np.linspace(0, len(val_source) - 1, config.eval.num_overlays).astype(int)
   step_fns, last_metrics, skipped_reported = {}, {}, 0
@@ -197,8 +198,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       {"info": workdir_lib.echo, "warning": workdir_lib.warn}[note[0]](note[1])
     if distributed.is_primary():
       os.makedirs(os.path.join(workdir, "overlays"), exist_ok=True)
-      plots.save_overlays(res, overlay_ids, val_source, config, os.path.join(
-          workdir, "overlays", f"{val_eval.name}_epoch_{epoch:03d}.png"))
+      path = os.path.join(workdir, "overlays", f"{val_eval.name}_epoch_{epoch:03d}.png")
+      plots.save_overlays(res, overlay_ids, val_source, config, path)
+      writer.image(val_eval.name, "overlays", path, n)
     return {f"val_{k}": float(v) for k, v in res.items()}
 
   def save(n, epoch, epoch_end):
@@ -241,7 +243,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   result = {"validation": last_metrics}
   if stop_step == total_steps:
     result["test"] = evaluate.evaluate_splits(config, workdir, graphdef, state, name, data_dir,
-                                              ds_cfg.test_splits, predict)
+                                              ds_cfg.test_splits, predict, writer=writer)
+  writer.close()
   ckpt.close()
   return result
 

@@ -9,7 +9,13 @@
   run_info.json    where and with what the run ran: git commit, packages,
                    devices, dataset fingerprint, command line
   metrics.jsonl    one JSON object a line (`MetricsWriter`): training logs
-                   (`split: "train"`) and evaluations (`split: <split>`)
+                   (`split: "train"`), validation passes (`split: <split>`)
+                   and test scores (`split: <test entry>`)
+  events.out.tfevents.*  the same numbers for TensorBoard (`EventsFile`,
+                   `tensorboard --logdir WORKDIR`): a scalar `<split>/<key>`
+                   per numeric field of each record, at its `step`, and the
+                   per-epoch overlay grids as images; one file per process
+                   start, so a resumed run appends a new file
 The run's output lines go through `echo` (stdout) and `warn` (stderr).
 Only process 0 writes (`distributed.is_primary`); writes are atomic
 (write, then rename), so a kill -9 never leaves a truncated record.
@@ -21,6 +27,8 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -184,13 +192,101 @@ def warn(text: str) -> None:
   sys.stderr.flush()
 
 
-class MetricsWriter:
-  """Appends JSON lines to `workdir/metrics.jsonl` (process 0), and `echo`es a
-  summary line of each record when given one."""
+class EventsFile:
+  """A TensorBoard event file in `logdir`, written without TensorFlow:
+  tensorboardX's protocol buffers and record framing (crc32c), written
+  synchronously and flushed after every call, so a kill -9 loses at most the
+  record being written (TensorBoard skips a truncated last record) and the
+  file never lags behind metrics.jsonl. (tensorboardX's `SummaryWriter`
+  queues events for a writer thread, and its `flush` does not wait for that
+  queue.) Scalars are stored as TensorBoard stores them, float32.
 
-  def __init__(self, workdir: str):
+  Files are named `events.out.tfevents.<seconds>.<host>.<pid>` with the
+  seconds increased past every event file already in `logdir`: TensorBoard
+  reads a folder's files in name order, and a resumed run's file must come
+  after the run's earlier ones (its `purge_step` hides their steps >= it).
+  """
+
+  def __init__(self, logdir: str, purge_step: int | None = None):
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboardX.record_writer import RecordWriter  # pylint: disable=g-import-not-at-top
+    self._event_pb2 = event_pb2
+    os.makedirs(logdir, exist_ok=True)
+    stamps = [int(m.group(1)) for m in map(_EVENTS_NAME.match, os.listdir(logdir)) if m]
+    stamp = max([int(time.time())] + [t + 1 for t in stamps])
+    self.path = os.path.join(
+        logdir, f"events.out.tfevents.{stamp:010d}.{socket.gethostname()}.{os.getpid()}")
+    self._writer = RecordWriter(self.path)
+    self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+    if purge_step is not None:
+      # What SummaryWriter(purge_step=...) writes: TensorBoard drops every
+      # earlier event of this logdir at steps >= purge_step.
+      self._write(event_pb2.Event(wall_time=time.time(), step=purge_step,
+                                  session_log=event_pb2.SessionLog(
+                                      status=event_pb2.SessionLog.START)))
+    self._writer.flush()
+
+  def _write(self, event) -> None:
+    self._writer.write(event.SerializeToString())
+
+  def scalars(self, step: int, values: dict) -> None:
+    """One event at `step` with a simple-value scalar per `tag: value`."""
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    merged = self._event_pb2.Event(wall_time=time.time(), step=int(step))
+    for tag, value in values.items():
+      merged.summary.value.extend(summary.scalar(tag, float(value)).value)
+    self._write(merged)
+    self._writer.flush()
+
+  def image(self, tag: str, png_path: str, step: int) -> None:
+    """The PNG file at `png_path` as the image `tag` at `step` (its bytes as they are)."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    with open(png_path, "rb") as f:
+      png = f.read()
+    with Image.open(png_path) as im:
+      width, height, channels = im.width, im.height, len(im.getbands())
+    value = summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
+        height=height, width=width, colorspace=channels, encoded_image_string=png))
+    self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step),
+                                      summary=summary_pb2.Summary(value=[value])))
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+_EVENTS_NAME = re.compile(r"events\.out\.tfevents\.(\d+)\.")
+
+
+def event_tag(split: str, key: str) -> str:
+  """TensorBoard's tag of field `key` of split `split`: `<split>/<key>`, with
+  characters a tag cannot hold (e.g. the `:` of `other_dataset:test`) as `_`."""
+  return re.sub(r"[^-/\w.]", "_", f"{split}/{key}")
+
+
+def scalar_fields(record: dict) -> dict:
+  """The fields of a metrics record that TensorBoard gets as scalars: every
+  number (bools as 0 / 1) except `step`, tagged `event_tag(split, key)`."""
+  return {event_tag(record["split"], key): float(value) for key, value in record.items()
+          if key not in ("step", "split") and isinstance(value, (int, float))}
+
+
+class MetricsWriter:
+  """Appends JSON lines to `workdir/metrics.jsonl` and the same numbers to a
+  TensorBoard event file in `workdir` (process 0), and `echo`es a summary line
+  of each record when given one.
+
+  `purge_step`: a training run that starts at step S passes S + 1, so that
+  TensorBoard, like the readers of metrics.jsonl (last record per step and
+  split), shows the resumed run's steps instead of those an interrupted run
+  had logged after its last checkpoint.
+  """
+
+  def __init__(self, workdir: str, purge_step: int | None = None):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = distributed.is_primary()
+    self.events = None
     # A run killed mid-write leaves a partial last line: drop it, so every
     # line stays JSON (a resumed run appends the steps after its checkpoint
     # again; readers keep the last record per step and split).
@@ -199,10 +295,25 @@ class MetricsWriter:
         data = f.read()
         if data and not data.endswith(b"\n"):
           f.truncate(data.rfind(b"\n") + 1)
+    if self.enabled:
+      self.events = EventsFile(workdir, purge_step=purge_step)
 
   def write(self, record: dict, echo_line: str | None = None) -> None:
+    """`record` needs `step` and `split`."""
     if self.enabled:
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
+      self.events.scalars(record["step"], scalar_fields(record))
     if echo_line:
       echo(echo_line)
+
+  def image(self, split: str, name: str, png_path: str, step: int) -> None:
+    """A PNG the run wrote (e.g. an overlay grid) into the event file, as
+    the image `event_tag(split, name)`."""
+    if self.enabled:
+      self.events.image(event_tag(split, name), png_path, step)
+
+  def close(self) -> None:
+    if self.events is not None:
+      self.events.close()
+      self.events = None

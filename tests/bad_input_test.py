@@ -1,7 +1,8 @@
-"""Bad input at the two command lines, as one table.
+"""Bad input at the three command lines, as one table.
 
-Each row runs `python -m soundloc_jax.main` (a subprocess: absl flags are
-process-global) or `soundloc_jax.localize.main` (in-process) and expects
+Each row runs `python -m soundloc_jax.main` or `python -m
+soundloc_jax.tfds_build` (subprocesses: absl flags are process-global) or
+`soundloc_jax.localize.main` (in-process) and expects
 either a refusal (exit code 2, exactly one line on stderr, starting with
 "error:" and naming the offending path or key, no traceback) or, for inputs
 that are converted rather than refused, a normal run (exit 0).
@@ -39,7 +40,7 @@ TINY_FLAGS = ["--config=configs/iterative.py", "--config.model.width=4", "--conf
 
 @dataclasses.dataclass
 class Case:
-  entry: str         # "main" or "localize"
+  entry: str         # "main", "localize" or "tfds_build"
   argv: list
   names: tuple = ()  # substrings the error line must hold (path / key); () = must work
 
@@ -87,7 +88,23 @@ def ctx(demo_data_dir, tmp_path_factory):
   with open(p("wider/config.json"), "w") as f:
     json.dump(config, f)
   os.makedirs(p("empty_data"))
+  # manual_dirs of the dataset builders, each with one fault.
+  faults = {"zero_wav": lambda r: open(os.path.join(r, "img01.wav"), "wb").close(),
+            "corrupt_jpg": lambda r: media_fixtures.write_corrupt(os.path.join(r, "img01.jpg")),
+            "no_wav": lambda r: os.remove(os.path.join(r, "img01.wav")),
+            "json_key": lambda r: _write_json(os.path.join(r, "ann00.json"), {"box": [[1, 2, 3, 4]]})}
+  for name, fault in faults.items():
+    media_fixtures.folder_layout(p(f"folder_{name}"), n_train=3)
+    fault(p(f"folder_{name}"))
+  media_fixtures.vggsound_layout(p("vggss_bad_json"), n_train=2)
+  with open(p("vggss_bad_json/vggss.json"), "w") as f:
+    f.write('[{"file": ')
   return {"d": d, "workdir": workdir, "data_dir": demo_data_dir}
+
+
+def _write_json(path, value):
+  with open(path, "w") as f:
+    json.dump(value, f)
 
 
 def _cases(c):
@@ -102,6 +119,9 @@ def _cases(c):
 
   def refused(case, *names):
     return dataclasses.replace(case, names=names)
+
+  def build(builder, *flags):
+    return Case("tfds_build", [f"data_builders/{builder}", f"--data_dir={p('tfds_out')}", *flags])
 
   return {
       # --- python -m soundloc_jax.main ---
@@ -153,6 +173,32 @@ def _cases(c):
       "checkpoint of another model": refused(loc(workdir=p("wider")), p("wider"),
                                              "model.width=4", "model.width=8"),
       "missing workdir": refused(loc(workdir=p("nowhere")), p("nowhere")),
+      # --- python -m soundloc_jax.tfds_build ---
+      "build: zero-length audio file": refused(
+          build("folder", f"--manual_dir={p('folder_zero_wav')}"),
+          os.path.join(p("folder_zero_wav"), "img01.wav"), "empty"),
+      "build: corrupt image file": refused(
+          build("folder", f"--manual_dir={p('folder_corrupt_jpg')}"),
+          os.path.join(p("folder_corrupt_jpg"), "img01.jpg")),
+      "build: missing sound file": refused(
+          build("folder", f"--manual_dir={p('folder_no_wav')}"),
+          os.path.join(p("folder_no_wav"), "img01.jpg"), "no sound file"),
+      "build: annotation JSON without 'boxes'": refused(
+          build("folder", f"--manual_dir={p('folder_json_key')}"),
+          os.path.join(p("folder_json_key"), "ann00.json"), "'boxes'"),
+      "build: annotation file not JSON": refused(
+          build("vggss", f"--manual_dir={p('vggss_bad_json')}"),
+          os.path.join(p("vggss_bad_json"), "vggss.json")),
+      "build: missing manual_dir": refused(build("folder", f"--manual_dir={p('no_such_dir')}"),
+                                           p("no_such_dir"), "manual_dir"),
+      "build: empty manual_dir": refused(build("flickr_soundnet", "--config=10k",
+                                               f"--manual_dir={p('empty_data')}"),
+                                         p("empty_data"), "is empty"),
+      "build: unknown config": refused(build("flickr_soundnet", "--config=5k",
+                                             f"--manual_dir={p('folder_no_wav')}"),
+                                       "'5k'", "10k, 20k, 144k"),
+      "build: unknown builder": refused(Case("tfds_build", ["data_builders/no_such_builder"]),
+                                        "data_builders/no_such_builder", "data_builders/folder"),
   }
 
 
@@ -165,8 +211,9 @@ def _run(case, capsys):
     code = localize.main(case.argv)
     out = capsys.readouterr()
     return code, out.out, out.err
-  proc = subprocess.run([sys.executable, "-m", "soundloc_jax.main", *case.argv], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
+  env = dict(os.environ, SOUNDLOC_BUILD_WORKERS="1")  # no worker pool for 5 examples
+  proc = subprocess.run([sys.executable, "-m", f"soundloc_jax.{case.entry}", *case.argv],
+                        cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
   return proc.returncode, proc.stdout, proc.stderr
 
 

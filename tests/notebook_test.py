@@ -33,8 +33,8 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell():
   assert "widgets" not in nb.metadata
   params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
   assert len(params) == 1 and code.index(params[0]) == 0
-  for name in ("FAST", "NUM_EPOCHS", "INSTALL_FROM", "PIP_ARGS", "USE_UPLOAD", "WORKDIR",
-               "DATA_DIR", "SAMPLE_DIR"):
+  for name in ("FAST", "NUM_EPOCHS", "INSTALL_FROM", "PIP_ARGS", "USE_UPLOAD", "SHOW_TENSORBOARD",
+               "WORKDIR", "DATA_DIR", "SAMPLE_DIR"):
     assert f"\n{name} = " in "\n" + params[0].source
   # The shipped sample pair is small.
   sizes = {n: os.path.getsize(os.path.join(SAMPLE_DIR, n)) for n in os.listdir(SAMPLE_DIR)}
@@ -82,6 +82,8 @@ def test_notebook_runs_top_to_bottom_from_a_fresh_install(demo_data_dir, tmp_pat
   index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
   params = {"FAST": True, "NUM_EPOCHS": 3, "INSTALL_FROM": checkout,
             "PIP_ARGS": "--no-deps --no-build-isolation", "USE_UPLOAD": False,
+            # No TensorBoard server from CI (the notebook loads the extension elsewhere).
+            "SHOW_TENSORBOARD": False,
             "WORKDIR": "run", "DATA_DIR": demo_data_dir, "SAMPLE_DIR": SAMPLE_DIR}
   nb.cells.insert(index + 1, nbformat.v4.new_code_cell(
       "\n".join(f"{k} = {v!r}" for k, v in params.items()),
@@ -102,7 +104,7 @@ def test_notebook_runs_top_to_bottom_from_a_fresh_install(demo_data_dir, tmp_pat
   text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                    for o in c.outputs)
   assert "test: cIoU@0.5" in text and "peak (x, y):" in text
-  assert "Upload skipped" in text
+  assert "Upload skipped" in text and "TensorBoard skipped" in text
   images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
             if "image/png" in o.get("data", {})]
   assert len(images) >= 4  # loss, overlays by epoch, test report, localized sample
@@ -111,5 +113,6 @@ def test_notebook_runs_top_to_bottom_from_a_fresh_install(demo_data_dir, tmp_pat
                "eval/test/metrics.json", "eval/test/success_curve.png"):
     assert (run / name).stat().st_size > 0, name
   assert len(os.listdir(run / "overlays")) == 3  # one per epoch
+  assert any(".tfevents." in name for name in os.listdir(run))  # what the TensorBoard cell shows
   with open(run / "eval" / "test" / "metrics.json") as f:
     assert json.load(f)["n"] == 64

@@ -187,9 +187,10 @@ def test_the_command_line_builds_from_the_folder_and_names_a_wrong_manual_dir(bu
   os.makedirs(wrong / "usr")
   proc = subprocess.run(cmd + [f"--data_dir={tmp_path / 'cli2'}", f"--manual_dir={wrong}"], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode != 0
-  line = [ln for ln in proc.stderr.splitlines() if "DatasetError" in ln][-1]
-  assert str(wrong) in line and "apt-get download tuxpaint-stamps-default" in line
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-3000:]
+  assert str(wrong) in lines[0] and "apt-get download tuxpaint-stamps-default" in lines[0]
 
 
 def test_splits_shapes_audio_and_metadata(built):

@@ -14,7 +14,7 @@ whose dataset is not built fails at start with the `DatasetError` of
 
 Values and where they come from:
   image_size 224, eval.size 224, median protocol, cIoU@0.5
-                     the LVS test protocol HardPos reports (EVAL_PROTOCOL.md);
+                     the LVS test protocol HardPos reports (docs/evaluation.md);
                      ICL resizes Flickr images to 256, evaluated here at 224
                      as the other work does.
   audio              the builders' default, LVS's PSD front end on 3 s at

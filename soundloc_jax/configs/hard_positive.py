@@ -27,7 +27,8 @@ Values (the defaults of `method.*` in default.py; the loss rules are in
                                     anchor; methods/hardpos.py docstring).
   neighbour_gradient = True         the paper's loss; False stop-gradients the
                                     neighbours' features (a diagnostic, see the
-                                    methods/hardpos.py docstring and the README).
+                                    methods/hardpos.py docstring and
+                                    docs/notes/2026-11-28-hardpos-on-the-demo.md).
   num_neighbours (K) = 1000         Sec. 3.2 (VGGSound / Flickr 144k). The
                                     demo uses 300: the paper picks K near the
                                     clips per class (300-1000 in VGGSound), and

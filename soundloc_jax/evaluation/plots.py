@@ -134,11 +134,12 @@ def select_overlay_samples(cious, k, seed=0) -> dict[str, np.ndarray]:
 
 
 def write_report(result, out_dir: str, source, config, num_samples: int = 4,
-                 seed: int = 0) -> None:
+                 seed: int = 0, extra: dict | None = None) -> None:
   """An `evaluators.EvalResult`'s report in `out_dir`: `metrics.json` (the
   metrics, the protocol, the success curve, per-sample cIoU and / or retrieval
-  rank with ids), `success_curve.png` and an overlay grid of the best, worst and
-  random samples (retrieval only: the best and worst ranked sounds)."""
+  rank with ids; `extra` fields first, e.g. the checkpoint step),
+  `success_curve.png` and an overlay grid of the best, worst and random
+  samples (retrieval only: the best and worst ranked sounds)."""
   os.makedirs(out_dir, exist_ok=True)
   per_sample = [{"id": i} for i in result.ids]
   for row, c in zip(per_sample, result.cious):
@@ -146,7 +147,8 @@ def write_report(result, out_dir: str, source, config, num_samples: int = 4,
       row["ciou"] = float(c)
   for row, r in zip(per_sample, result.ranks if result.ranks is not None else ()):
     row["retrieval_rank"] = int(r)
-  record = {"split": result.split, "protocol": dict(config.eval), **result.metrics,
+  record = {**(extra or {}), "split": result.split, "protocol": dict(config.eval),
+            **result.metrics,
             "success_curve": result.summary.get("success_curve"),
             "thresholds": result.summary.get("thresholds"), "per_sample": per_sample}
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:

@@ -1,7 +1,7 @@
 """The official cIoU / AUC localization protocol, on the host.
 
 Protocol (LVS test code, which HardPos and most later work report with; see
-`EVAL_PROTOCOL.md`). For each test sample the model's response map `h`
+docs/evaluation.md). For each test sample the model's response map `h`
 (e.g. 14x14, higher = more likely sounding) is resized to the evaluation size
 S (224) with OpenCV-style bilinear interpolation (half-pixel centres, clamped
 borders; `evaluation.resize`), turned into `pred = 1 - normalize(-h_S)` (min-max per map, a

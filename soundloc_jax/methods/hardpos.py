@@ -61,7 +61,8 @@ Interpretation choices (the paper leaves these open):
   neighbours' features (slot 1: V_k and A_j) are stop-gradiented, so the
   hard-positive terms move only the base image and audio. A diagnostic and
   a deviation from the paper: the neighbours appear in no negative, so
-  their gradient is a pull toward the base pair alone (see the README).
+  their gradient is a pull toward the base pair alone
+  (docs/notes/2026-11-28-hardpos-on-the-demo.md).
 * `detached` (default "", none): positives (letters of "bavc") whose logit
   enters P_i without a gradient, a diagnostic of which term drives training
   (scripts/hardpos_detached_pa.py; not in the paper).
