@@ -22,6 +22,7 @@ examples in an Apache Beam pipeline instead (`examples`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import io
@@ -301,12 +302,13 @@ def prepare_all(tasks: list[Task], options: BuildOptions, skipped: list,
   or with `skip_bad` is appended to `skipped` as `{"id", "error"}` and logged."""
   jobs = [(t, options) for t in tasks]
   workers = min(options.num_workers, max(len(jobs), 1))
+  pool = None
   if workers <= 1:
     results = map(_prepare_or_error, jobs)
-    pool = None
-  else:
-    pool = _context().Pool(workers)
-    results = pool.imap_unordered(_prepare_or_error, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers))))
+  else:  # an executor, not Pool: stopping on a bad file cancels what has not started
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=_context())
+    results = (f.result() for f in concurrent.futures.as_completed(
+        [pool.submit(_prepare_or_error, job) for job in jobs]))
   try:
     for key, example, error in results:
       if error is None:
@@ -318,10 +320,9 @@ def prepare_all(tasks: list[Task], options: BuildOptions, skipped: list,
       else:
         raise DatasetError(f"{error} (example {key!r}; set skip_bad=True in the builder config "
                            f"or {SKIP_BAD_ENV}=1 to skip bad files and count them)")
-  finally:
+  finally:  # Pool.terminate() here hung once under load (a test, 2026-12-01)
     if pool is not None:
-      pool.terminate()
-      pool.join()
+      pool.shutdown(wait=True, cancel_futures=True)
 
 
 def scan_folder(manual_dir: str) -> tuple[list[Task], list[Task], list[str]]:
