@@ -370,14 +370,18 @@ def test_the_training_pipeline_reads_stored_frames_into_the_batch_contract(built
   batch = next(it)
   assert steps_per_epoch == len(source) // 4
   assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == np.uint8
-  assert batch["spectrogram"].shape == (4, 257, 299) and batch["spectrogram"].dtype == np.float32
-  # A 224 crop of the stored 246-high frame: its rows are rows of the stored frame.
+  assert batch["flip"].shape == (4,) and batch["flip"].dtype == bool
+  # The spectrogram as stored (float16); the step makes it float32.
+  assert batch["spectrogram"].shape == (4, 257, 299) and batch["spectrogram"].dtype == np.float16
+  np.testing.assert_array_equal(batch["spectrogram"][0],
+                                source[int(batch["index"][0])]["spectrogram"])
+  # A 224 crop of the stored 246-high frame (its flip is left to the device).
   i = int(batch["index"][0])
   stored = source[i]["image"]
   crop = batch["image"][0]
   windows = (stored[top:top + 224, left:left + 224] for top in range(stored.shape[0] - 223)
              for left in range(stored.shape[1] - 223))
-  assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, ::-1]) for w in windows)
+  assert any(np.array_equal(crop, w) for w in windows)
 
 
 def test_eval_audio_must_be_known_and_needs_a_stored_waveform(built):
