@@ -30,16 +30,22 @@ figure that load disturbs least, wall rates are upper bounds of the cost).
     example, `augment_image` resizes/crops/flips, float32 spectrogram,
     grain stacks the batch) and for the current one (`path: "batch"`:
     `BatchLoader`), next to the whole loader's cost (`loader`): read
-    (array_record record, zstd), parse (tf.Example), decode (JPEG),
-    crop_flip, spectrogram, batching, transfer.
+    (array_record record, zstd), parse (tf.Example), decode (JPEG; the
+    current path leaves the colour conversion to the device,
+    `decode_with_rgb_conversion` is the same decode with it), crop_flip,
+    spectrogram, batching, transfer.
   * `storage` (`--storage`): bytes and decode cost of a stored frame raw vs
     JPEG, of the spectrogram vs the waveform, and of reading one record from
     an array_record file stored zstd (the TFDS default) vs uncompressed.
   * `overlap` (`--overlap N`): the real training loop (`train_and_evaluate`,
     N grain worker processes, sharding, prefetch to the device) with the step
-    replaced by a no-op device function of the same inputs (the device half
-    of the augmentation, then a mean over them): `samples_per_s`, the median
-    of the logged rates after the first log (compilation, worker start).
+    replaced by a no-op device function of the same inputs (it reads one
+    element of each: on a CPU backend real device work would take the
+    host's cores): `samples_per_s`
+    from the 7th step to the last (the first ones compile and start the
+    workers), `cpu_ms_per_sample` of this process and its workers over the
+    same steps (epoch ends included: teacher copy, checkpoint), and the
+    loop's own logged rates.
 
 `--code DIR` imports `soundloc_jax` from another checkout (e.g. a `git
 archive` of an older commit) to measure its pipeline the same way; options
@@ -271,76 +277,86 @@ def pipeline(source, kind: str, workers: int, batch: int, steps: int) -> dict:
 # Stages: CPU per example of each stage, old path and current path
 # ---------------------------------------------------------------------------
 
-def stages(source, batch: int) -> list[dict]:
+def _stage(fn, n: int, reps: int):
+  """`(median CPU ms per item over reps runs of fn(), fn's last result)`."""
+  times, result = [], None
+  for _ in range(reps):
+    t0 = time.process_time()
+    result = fn()
+    times.append(time.process_time() - t0)
+  return round(1e3 * statistics.median(times) / n, 4), result
+
+
+def stages(source, batch: int, reps: int = 5) -> list[dict]:
   import jax
   import tensorflow_datasets as tfds
   from jax.sharding import PartitionSpec as P
   from soundloc_jax import distributed, input_pipeline as ip
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   n = batch
-  indices = list(range(n))
-  positions = range(n)
   features = source.dataset_info.features
-  raw = [source.data_source[i] for i in indices]
   skip = {"image": tfds.decode.SkipDecoding()}
+  rngs = lambda: [np.random.default_rng([0, 1, p]) for p in range(n)]
 
   def put(b, keys):
     jax.block_until_ready(distributed.global_batch(b, mesh, P("data"), keys=keys))
 
-  read = _cpu_ms(lambda: [source.data_source[i] for i in indices], n)
-  parse = _cpu_ms(lambda: [features.deserialize_example_np(r, decoders=skip) for r in raw], n)
+  read, raw = _stage(lambda: [source.data_source[i] for i in range(n)], n, reps)
+  parse, parsed = _stage(lambda: [features.deserialize_example_np(r, decoders=skip)
+                                  for r in raw], n, reps)
   # 1dea26c: TFDS decodes the whole example; preprocess -> augment_image
   # (a no-op bicubic resize, crop, flip), uint8 copy, float32 spectrogram;
   # grain stacks the examples; image + float32 spectrogram go to the device.
-  full = [features.deserialize_example_np(r) for r in raw]
-  decode_all = _cpu_ms(lambda: [features.deserialize_example_np(r) for r in raw], n)
-  rngs = lambda slot: [np.random.default_rng([0, slot, p]) for p in positions]
-  old_crops = []
-  crop_old = _cpu_ms(lambda: old_crops.extend(
+  decode_all, full = _stage(lambda: [features.deserialize_example_np(r) for r in raw], n, reps)
+  crop_old, crops = _stage(lambda: [
       np.ascontiguousarray(ip.augment_image(ex["image"], IMAGE_SIZE, rng), dtype=np.uint8)
-      for ex, rng in zip(full, rngs(1))), n)
-  specs32 = []
-  spec_old = _cpu_ms(lambda: specs32.extend(np.asarray(ex["spectrogram"], np.float32)
-                                            for ex in full), n)
-  stacked = {}
-  batch_old = _cpu_ms(lambda: stacked.update(image=np.stack(old_crops),
-                                             spectrogram=np.stack(specs32)), n)
-  transfer_old = _cpu_ms(lambda: put(stacked, ("image", "spectrogram")), n)
-  old = {"benchmark": "stages", "path": "per-example", "read": read, "parse": parse,
-         "decode": round(decode_all - parse, 4), "crop_flip": crop_old,
-         "spectrogram": spec_old, "batching": batch_old, "transfer": transfer_old}
-  out = [old]
+      for ex, rng in zip(full, rngs())], n, reps)
+  spec_old, specs = _stage(lambda: [np.asarray(ex["spectrogram"], np.float32) for ex in full],
+                           n, reps)
+  batch_old, stacked = _stage(lambda: {"image": np.stack(crops), "spectrogram": np.stack(specs)},
+                              n, reps)
+  transfer_old, _ = _stage(lambda: put(stacked, ("image", "spectrogram")), n, reps)
+  out = [{"benchmark": "stages", "path": "per-example", "examples": n, "read": read,
+          "parse": parse, "decode": round(decode_all - parse, 4), "crop_flip": crop_old,
+          "spectrogram": spec_old, "batching": batch_old, "transfer": transfer_old}]
   if hasattr(ip, "BatchLoader"):
-    # Current: image left encoded by TFDS, decoded once per frame, cropped in
-    # C, flip on the device; spectrogram copied as stored into the batch.
-    parsed = [features.deserialize_example_np(r, decoders=skip) for r in raw]
-    frames = []
-    decode = _cpu_ms(lambda: frames.extend(ip.open_frame(ex["image"]) for ex in parsed), n)
-    decode = round(decode + _cpu_ms(lambda: [f.load() for f in frames], n), 4)
-    views = []
-    crop = _cpu_ms(lambda: views.extend(ip.train_view(f, IMAGE_SIZE, True, rng)
-                                        for f, rng in zip(frames, rngs(1))), n)
+    # Current: image left encoded by TFDS, decoded once per frame (JFIF:
+    # without the colour conversion), cropped in C, colour conversion and
+    # flip on the device; spectrogram copied as stored into the batch.
+    def decode_frames(ycbcr):
+      frames = [ip.open_frame(ex["image"]) for ex in parsed]
+      for f in frames:
+        if ycbcr and hasattr(ip, "_decode_to_ycbcr"):
+          ip._decode_to_ycbcr(f)  # pylint: disable=protected-access
+        f.load()
+      return frames
+
+    decode_rgb, _ = _stage(lambda: decode_frames(False), n, reps)
+    decode, frames = _stage(lambda: decode_frames(True), n, reps)
+    crop, views = _stage(lambda: [ip.train_view(f, IMAGE_SIZE, True, rng)
+                                  for f, rng in zip(frames, rngs())], n, reps)
 
     def fill():
       image = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
       spec = np.empty((n,) + parsed[0]["spectrogram"].shape, parsed[0]["spectrogram"].dtype)
-      for r, ((view, _), ex) in enumerate(zip(views, parsed)):
-        image[r], spec[r] = view, ex["spectrogram"]
-      stacked.update(image=image, spectrogram=spec, flip=np.asarray([f for _, f in views]))
+      for r, (view, ex) in enumerate(zip(views, parsed)):
+        image[r], spec[r] = view[0], ex["spectrogram"]
+      return {"image": image, "spectrogram": spec, "flip": np.asarray([v[1] for v in views]),
+              "ycbcr": np.asarray([v[-1] for v in views])}
 
-    batching = _cpu_ms(fill, n)
-    transfer = _cpu_ms(lambda: put(stacked, ip.DEVICE_KEYS), n)
+    batching, stacked = _stage(fill, n, reps)
+    transfer, _ = _stage(lambda: put(stacked, ip.DEVICE_KEYS), n, reps)
     sampler = ip.EpochSampler(len(source), n, 0)
     loader = ip.BatchLoader(source, sampler, seed=0, image_size=IMAGE_SIZE, augment=True,
                             local_batch=n, process_index=0)
-    loader(0)
-    total = _cpu_ms(lambda: [loader(s) for s in (1, 2)], 2 * n)
-    out.append({"benchmark": "stages", "path": "batch", "read": read, "parse": parse,
-                "decode": round(decode, 4), "crop_flip": crop, "spectrogram": 0.0,
-                "batching": batching, "transfer": transfer, "loader": total})
+    total, _ = _stage(lambda: loader(0), n, reps)
+    out.append({"benchmark": "stages", "path": "batch", "examples": n, "read": read,
+                "parse": parse, "decode": decode, "decode_with_rgb_conversion": decode_rgb,
+                "crop_flip": crop, "spectrogram": 0.0, "batching": batching,
+                "transfer": transfer, "loader": total})
   for record in out:
-    record["sum"] = round(sum(v for k, v in record.items()
-                              if k not in ("benchmark", "path", "loader")), 4)
+    record["sum"] = round(sum(v for k, v in record.items() if k in (
+        "read", "parse", "decode", "crop_flip", "spectrogram", "batching", "transfer")), 4)
   return out
 
 
@@ -348,13 +364,14 @@ def stages(source, batch: int) -> list[dict]:
 # Overlap: the real loop with a no-op step
 # ---------------------------------------------------------------------------
 
-def overlap(data_dir: str, kind: str, workers: int, batch: int, steps: int) -> dict:
+def overlap(data_dir: str, kind: str, workers: int, batch: int, steps: int,
+            warmup_steps: int = 6) -> dict:
   import jax
   import jax.numpy as jnp
+  import psutil
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
   from soundloc_jax import audio, train
-  from soundloc_jax import state as state_lib
   from soundloc_jax.configs import default, hard_positive, iterative
 
   config = (hard_positive if kind == "hardpos" else iterative).get_config("")
@@ -380,14 +397,24 @@ def overlap(data_dir: str, kind: str, workers: int, batch: int, steps: int) -> d
     del graphdef, method_config, optimizer, teacher_active, skip_nonfinite
 
     def step_fn(state, batch):
-      image, spectrogram = state_lib.model_inputs(batch, method.needs_neighbours)
-      touched = jnp.mean(image.astype(jnp.float32)) + jnp.mean(spectrogram)
+      # One element of each input: the batch is transferred and sharded as
+      # for the real step, but the device does (almost) nothing, which on a
+      # CPU backend would otherwise take the host's cores.
+      touched = sum(jnp.ravel(x)[0].astype(jnp.float32) for x in batch.values())
       return dict(state, step=state["step"] + 1), {"loss": touched, "grad_norm": 0 * touched}
 
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return jax.jit(step_fn, donate_argnums=(0,), in_shardings=(replicated, sharded),
-                   out_shardings=(replicated, replicated))
+    jitted = jax.jit(step_fn, donate_argnums=(0,), in_shardings=(replicated, sharded),
+                     out_shardings=(replicated, replicated))
 
+    def timed(state, batch):
+      state, metrics = jitted(state, batch)  # asynchronous, as the real step
+      calls.append((time.perf_counter(), time.process_time() + _children_cpu_s(proc)))
+      return state, metrics
+
+    return timed
+
+  proc, calls = psutil.Process(), []
   real = train.make_train_step
   train.make_train_step = noop_train_step
   try:
@@ -397,8 +424,12 @@ def overlap(data_dir: str, kind: str, workers: int, batch: int, steps: int) -> d
         rates = [r["samples_per_s"] for r in map(json.loads, f) if r.get("split") == "train"]
   finally:
     train.make_train_step = real
+  # Steps after the first few (compilation, worker start-up) to the last.
+  (t0, cpu0), (t1, cpu1) = calls[warmup_steps], calls[-1]
+  samples = (len(calls) - 1 - warmup_steps) * batch
   return {"benchmark": "overlap", "kind": kind, "workers": workers, "batch": batch,
-          "steps": steps, "samples_per_s": round(statistics.median(rates[1:]), 1),
+          "steps": steps, "samples_per_s": round(samples / (t1 - t0), 1),
+          "cpu_ms_per_sample": round(1e3 * (cpu1 - cpu0) / samples, 3),
           "logged_rates": [round(r, 1) for r in rates], "cpus": os.cpu_count()}
 
 

@@ -98,11 +98,13 @@ def global_batch(local_batch: dict, mesh, spec=P("data"),
   `local_batch[k]` holds this process's `global_rows / process_count` rows
   (its contiguous slice, as `train_iterator` reads them); the result has the
   global leading dimension, sharded per `spec` over `mesh`. Host-only keys
-  are dropped. With one process this is `jax.device_put` of the rows.
+  are dropped, and so are `keys` the batch lacks (a synthetic batch without
+  `flip` / `ycbcr`: `input_pipeline.device_inputs` then applies none). With
+  one process this is `jax.device_put` of the rows.
   """
   sharding = NamedSharding(mesh, spec)
   out = {}
-  for k in keys:
+  for k in (k for k in keys if k in local_batch):
     local = np.asarray(local_batch[k])
     global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
     out[k] = jax.make_array_from_process_local_data(sharding, local, global_shape)

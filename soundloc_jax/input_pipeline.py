@@ -2,9 +2,13 @@
 
 Training batch contract (`train_iterator`; every dataset builder's examples
 are mapped to it):
-  * `image`        uint8   `[B, H, W, 3]`  the model-input-sized crop, before
-                                           its flip (flip and normalisation
+  * `image`        uint8   `[B, H, W, 3]`  the model-input-sized crop as
+                                           decoded, before its flip (colour
+                                           conversion, flip and normalisation
                                            run on the device)
+  * `ycbcr`        bool    `[B]`           this crop holds JPEG Y, Cb, Cr:
+                                           converted to RGB in the step
+                                           (`device_inputs`, libjpeg's arithmetic)
   * `flip`         bool    `[B]`           mirror this image horizontally
                                            (`device_inputs`, in the step)
   * `spectrogram`  float16 `[B, F, T]`     `audio.log_spectrogram` output as
@@ -29,7 +33,8 @@ host. HardPos training batches (`train_iterator` with `neighbours`) hold
 
 Host work per example is kept small (benchmarks/input_pipeline.py): a stored
 training frame already has the shorter side the crop needs, so it is decoded
-and cropped without a resize; the spectrogram is copied as stored; whole
+and cropped without a resize, and its JPEG colour conversion is left to the
+device; the spectrogram is copied as stored; whole
 batches are built at once (`BatchLoader`), in grain threads or worker
 processes (`worker_processes`); `distributed.prefetch_to_device` keeps the
 next batches on the device while the step runs.
@@ -62,11 +67,12 @@ import io
 
 import grain
 import numpy as np
+from PIL import Image
 
 from soundloc_jax.errors import ConfigError, DatasetError
 from soundloc_jax.evaluation import annotations
 
-DEVICE_KEYS = ("image", "spectrogram", "flip")
+DEVICE_KEYS = ("image", "spectrogram", "flip", "ycbcr")
 NEIGHBOUR_DEVICE_KEYS = DEVICE_KEYS + ("negative_mask",)  # HardPos (`train_iterator`)
 EVAL_AUDIO = ("", "lvs_test")
 
@@ -120,7 +126,6 @@ def resized_shape(h: int, w: int, shorter: int) -> tuple[int, int]:
 
 
 def _resize_shorter(image: np.ndarray, shorter: int) -> np.ndarray:
-  from PIL import Image
   rh, rw = resized_shape(image.shape[0], image.shape[1], shorter)
   return np.asarray(Image.fromarray(image).resize((rw, rh), Image.BICUBIC))
 
@@ -157,54 +162,90 @@ def augment_image(image: np.ndarray, size: int, rng: np.random.Generator) -> np.
 
 
 def train_view(frame, size: int, augment: bool, rng: np.random.Generator):
-  """`(crop uint8 [size, size, 3], flip)`: the training transform of `augment_image`
-  (or `eval_image` without `augment`) with the flip left to the device
-  (`device_inputs`). `frame` is an RGB array or an unloaded `PIL.Image` (an
-  encoded frame opened by `open_frame`): its size is known before decoding, so
-  a stored training frame (shorter side already `int(1.1 * size)`) is decoded
-  once, cropped in C and never resized; any other is resized as before. The
-  draws are `augment_image`'s, in its order, so the crop and flip are the same."""
+  """`(crop uint8 [size, size, 3], flip, ycbcr)`: the training transform of
+  `augment_image` (or `eval_image` without `augment`) with the flip left to
+  the device (`device_inputs`). `frame` is an RGB array or an unloaded
+  `PIL.Image` (an encoded frame opened by `open_frame`): its size is known
+  before decoding, so a stored training frame (shorter side already
+  `int(1.1 * size)`) is decoded once, cropped in C and never resized, and a
+  JFIF JPEG is decoded without libjpeg's colour conversion (`ycbcr` True:
+  the crop holds Y, Cb, Cr and `device_inputs` converts it with libjpeg's
+  integer arithmetic, which gives the same pixels). Any other frame is
+  resized (in RGB) as before. The draws are `augment_image`'s, in its order,
+  so the crop and flip are the same."""
   if not augment:
-    return eval_image(_as_array(frame), size), False
+    return eval_image(_rgb_array(frame), size), False, False
   shorter = int(size * 1.1)
-  w, h = frame.size if hasattr(frame, "crop") else frame.shape[1::-1]
+  w, h = frame.size if isinstance(frame, Image.Image) else frame.shape[1::-1]
   rh, rw = resized_shape(h, w, shorter)
   top = int(rng.integers(0, rh - size + 1))
   left = int(rng.integers(0, rw - size + 1))
   flip = bool(rng.random() < 0.5)
   if (rh, rw) != (h, w):  # not a stored training frame: resize first, as augment_image does
-    frame = _resize_shorter(_as_array(frame), shorter)
-  if hasattr(frame, "crop"):
-    return np.asarray(frame.crop((left, top, left + size, top + size))), flip
-  return frame[top:top + size, left:left + size], flip
+    frame = _resize_shorter(_rgb_array(frame), shorter)
+  if not isinstance(frame, Image.Image):
+    return frame[top:top + size, left:left + size], flip, False
+  ycbcr = _decode_to_ycbcr(frame)
+  return np.asarray(frame.crop((left, top, left + size, top + size))), flip, ycbcr
 
 
 def open_frame(image):
-  """An RGB frame as `train_view` takes it: encoded bytes (a TFDS source opened
-  with `encoded_images`) -> an unloaded `PIL.Image`; an array -> RGB array."""
+  """A frame as `train_view` takes it: encoded bytes (a TFDS source opened
+  with `encoded_images`) -> an unloaded `PIL.Image` (RGB, or a JPEG that
+  libjpeg will convert to RGB); an array -> RGB array."""
   if isinstance(image, (bytes, np.bytes_)):
-    from PIL import Image
     frame = Image.open(io.BytesIO(image))
     return frame if frame.mode == "RGB" else frame.convert("RGB")
   image = np.asarray(image)
   return np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
 
 
-def _as_array(frame) -> np.ndarray:
-  return np.asarray(frame) if hasattr(frame, "crop") else frame
+def _decode_to_ycbcr(frame) -> bool:
+  """Whether `frame` decodes (or was decoded) to YCbCr: an unloaded JFIF JPEG
+  (YCbCr-coded; not an Adobe one, which may hold RGB) is set to skip the
+  colour conversion. A frame used twice gets the same answer."""
+  if (frame.mode == "RGB" and frame.format == "JPEG" and "jfif" in frame.info
+      and "adobe" not in frame.info and frame.tile):
+    frame.draft("YCbCr", frame.size)
+  return frame.mode == "YCbCr"
+
+
+def _rgb_array(frame) -> np.ndarray:
+  return np.asarray(frame) if isinstance(frame, Image.Image) else frame
+
+
+# libjpeg's YCbCr -> RGB (jdcolor.c: 16-bit fixed point, round half up).
+_FIX = {name: int(v * 65536 + 0.5) for name, v in
+        (("cr_r", 1.40200), ("cb_g", 0.34414), ("cr_g", 0.71414), ("cb_b", 1.77200))}
+
+
+def ycbcr_to_rgb(image):
+  """uint8 `[..., 3]` YCbCr -> RGB exactly as libjpeg(-turbo) decodes a JFIF
+  JPEG (jnp, inside the step)."""
+  import jax.numpy as jnp
+  x = jnp.asarray(image).astype(jnp.int32)
+  y, cb, cr = x[..., 0], x[..., 1] - 128, x[..., 2] - 128
+  half = 1 << 15
+  r = y + ((_FIX["cr_r"] * cr + half) >> 16)
+  g = y + ((half - _FIX["cb_g"] * cb - _FIX["cr_g"] * cr) >> 16)
+  b = y + ((_FIX["cb_b"] * cb + half) >> 16)
+  return jnp.clip(jnp.stack([r, g, b], axis=-1), 0, 255).astype(jnp.uint8)
 
 
 def device_inputs(batch):
   """The device half of the training transform, inside the jitted step:
-  `(image, spectrogram)` with each image mirrored where `flip` says (the
-  host sent the crop unflipped) and the spectrogram as float32 (the host
-  sent it as stored, float16). Normalisation follows in the model. Batches
-  without `flip` (evaluation, synthetic inputs) pass through unflipped."""
+  `(image, spectrogram)` with each image converted to RGB where `ycbcr`
+  says and mirrored where `flip` says (the host sent the crop as decoded,
+  unflipped) and the spectrogram as float32 (the host sent it as stored,
+  float16). Normalisation follows in the model. Batches without these keys
+  (evaluation, synthetic inputs) pass through."""
   import jax.numpy as jnp
   image, spectrogram = batch["image"], batch["spectrogram"]
+  per_image = lambda key: jnp.asarray(batch[key]).reshape(image.shape[:-3] + (1, 1, 1))
+  if "ycbcr" in batch:
+    image = jnp.where(per_image("ycbcr"), ycbcr_to_rgb(image), image)
   if "flip" in batch:
-    flip = jnp.asarray(batch["flip"]).reshape(image.shape[:-3] + (1, 1, 1))
-    image = jnp.where(flip, jnp.flip(image, axis=-2), image)
+    image = jnp.where(per_image("flip"), jnp.flip(image, axis=-2), image)
   return image, jnp.asarray(spectrogram, jnp.float32)
 
 
@@ -279,19 +320,19 @@ class BatchLoader:
     slots = (2,) if table is not None else ()
     size = self.image_size
     image = np.empty((b, *slots, size, size, 3), np.uint8)
-    flip = np.zeros((b, *slots), bool)
+    flip, ycbcr = np.zeros((b, *slots), bool), np.zeros((b, *slots), bool)
     frames = {}
     for r, slot, i, rng_slot in images:
       if i not in frames:
         frames[i] = open_frame(examples[i]["image"])
       rng = np.random.default_rng([self.seed, rng_slot, int(positions[r])])
       where = (r, slot) if slots else (r,)
-      image[where], flip[where] = train_view(frames[i], size, self.augment, rng)
+      image[where], flip[where], ycbcr[where] = train_view(frames[i], size, self.augment, rng)
     first = np.asarray(examples[spectrograms[0][2]]["spectrogram"])
     spectrogram = np.empty((b, *slots) + first.shape, first.dtype)
     for r, slot, i in spectrograms:
       spectrogram[(r, slot) if slots else r] = examples[i]["spectrogram"]
-    out.update(image=image, spectrogram=spectrogram, flip=flip)
+    out.update(image=image, spectrogram=spectrogram, flip=flip, ycbcr=ycbcr)
     ids = [examples[int(i)].get("id", b"") for i in indices]
     out["id"] = np.asarray([x if isinstance(x, bytes) else str(x).encode() for x in ids])
     if "box" in examples[int(indices[0])]:
@@ -314,7 +355,7 @@ def train_iterator(source, *, global_batch: int, seed: int, start_step: int, num
   and its row of the negative mask; the batch then holds
     `image`          uint8   `[B, 2, H, W, 3]`  (base, visual neighbour's image)
     `spectrogram`    float16 `[B, 2, F, T]`     (base, audio neighbour's spectrogram)
-    `flip`           bool    `[B, 2]`
+    `flip`, `ycbcr`  bool    `[B, 2]`
     `negative_mask`  bool    `[B, G]`           [r, l]: the global batch's base
                                                 example l is outside both
                                                 neighbour sets of row r and not r

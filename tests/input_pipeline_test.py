@@ -90,8 +90,12 @@ def test_device_augmentation_equals_the_host_augmentation_it_replaces(hardpos):
       frame = input_pipeline._resize_shorter(_decoded(source[index]), STORED)  # pylint: disable=protected-access
       top = int(check.integers(0, frame.shape[0] - SIZE + 1))
       left = int(check.integers(0, frame.shape[1] - SIZE + 1))
-      np.testing.assert_array_equal(batch["image"][where],
-                                    frame[top:top + SIZE, left:left + SIZE])
+      crop = batch["image"][where]
+      # A stored-size JPEG frame comes as decoded, in YCbCr; a resized one in RGB.
+      assert batch["ycbcr"][where] == (min(_decoded(source[index]).shape[:2]) == STORED)
+      if batch["ycbcr"][where]:
+        crop = np.asarray(input_pipeline.ycbcr_to_rgb(crop))
+      np.testing.assert_array_equal(crop, frame[top:top + SIZE, left:left + SIZE])
       assert batch["flip"][where] == (check.random() < 0.5)
       flips.append(bool(batch["flip"][where]))
     # Equal pixels after normalisation: the host-augmented images (as the
@@ -103,6 +107,31 @@ def test_device_augmentation_equals_the_host_augmentation_it_replaces(hardpos):
     np.testing.assert_array_equal(np.asarray(spectrogram).reshape(batch["spectrogram"].shape),
                                   batch["spectrogram"].astype(np.float32))
   assert 0 < np.mean(flips) < 1
+
+
+@pytest.mark.parametrize("subsampling", [0, 2])  # 4:4:4 and 4:2:0 (PIL's default)
+def test_ycbcr_to_rgb_is_libjpegs_own_conversion(subsampling):
+  from sklearn.datasets import load_sample_image
+  for name in ("china.jpg", "flower.jpg"):
+    buf = io.BytesIO()
+    Image.fromarray(load_sample_image(name)[:246, :400]).save(buf, format="JPEG", quality=95,
+                                                              subsampling=subsampling)
+    frame = input_pipeline.open_frame(buf.getvalue())
+    assert input_pipeline._decode_to_ycbcr(frame)  # pylint: disable=protected-access
+    ycbcr = np.asarray(frame)
+    rgb = np.asarray(Image.open(io.BytesIO(buf.getvalue())))  # libjpeg's own RGB decode
+    assert not np.array_equal(ycbcr, rgb)
+    np.testing.assert_array_equal(np.asarray(jax.jit(input_pipeline.ycbcr_to_rgb)(ycbcr)), rgb)
+
+
+def test_frames_that_are_not_jfif_jpegs_are_decoded_to_rgb():
+  image = np.random.default_rng(0).integers(0, 256, (STORED, 80, 3), dtype=np.uint8)
+  for fmt in ("PNG", "JPEG"):
+    buf = io.BytesIO()
+    Image.fromarray(image if fmt == "PNG" else image[..., 0]).save(buf, format=fmt)
+    frame = input_pipeline.open_frame(buf.getvalue())  # the grayscale JPEG becomes RGB
+    crop, _, ycbcr = input_pipeline.train_view(frame, SIZE, True, np.random.default_rng(0))
+    assert not ycbcr and crop.shape == (SIZE, SIZE, 3)
 
 
 class CountingSource(list):
