@@ -281,9 +281,9 @@ class BatchLoader:
   """`step -> this process's rows of global batch step` (the batch contract),
   built batch by batch: each distinct example the batch needs is read once
   and each distinct frame decoded once (HardPos neighbours often repeat on
-  small splits), crops go straight into preallocated batch arrays. Row `r` of
-  process `p` is global position `step * G + p * B + r`; its crop and flip
-  come from `(seed, 1, position)`, a HardPos row's neighbour picks from
+  small splits), crops go straight into preallocated batch arrays (with
+  their flip and colour space: `train_view`). Row `r` of process `p` is
+  global position `step * G + p * B + r`; its crop and flip come from `(seed, 1, position)`, a HardPos row's neighbour picks from
   `(seed, 2, position)` and its visual neighbour's crop from `(seed, 4,
   position)`, so a batch is a pure function of `(seed, step)`."""
 
@@ -370,7 +370,9 @@ def train_iterator(source, *, global_batch: int, seed: int, start_step: int, num
                        local_batch=global_batch // process_count, process_index=process_index,
                        neighbours=neighbours)
   ds = grain.MapDataset.range(start_step, num_steps).map(loader)
-  options = grain.ReadOptions(num_threads=max(num_threads, 1), prefetch_buffer_size=2)
+  # Elements are whole batches: `num_threads` of them in flight, at least 2.
+  options = grain.ReadOptions(num_threads=max(num_threads, 1),
+                              prefetch_buffer_size=max(num_threads, 2))
   ds = ds.to_iter_dataset(options)
   if worker_processes > 0:
     from absl import flags
