@@ -32,8 +32,11 @@ figure that load disturbs least, wall rates are upper bounds of the cost).
     `BatchLoader`), next to the whole loader's cost (`loader`): read
     (array_record record, zstd), parse (tf.Example), decode (JPEG; the
     current path leaves the colour conversion to the device,
-    `decode_with_rgb_conversion` is the same decode with it), crop_flip,
-    spectrogram, batching, transfer.
+    `decode_with_rgb_conversion` is the same decode with it, and
+    `ycbcr_decode_saving` the median difference of 30 paired runs), crop_flip,
+    spectrogram, batching, transfer; and `worker_transport`, what a batch
+    built in a worker process costs on top: grain copies it into fresh
+    shared memory (page faults on every page) for the training process.
   * `storage` (`--storage`): bytes and decode cost of a stored frame raw vs
     JPEG, of the spectrogram vs the waveform, and of reading one record from
     an array_record file stored zstd (the TFDS default) vs uncompressed.
@@ -336,6 +339,13 @@ def stages(source, batch: int, reps: int = 5) -> list[dict]:
 
     decode_rgb, _ = _stage(lambda: decode_frames(False), n, reps)
     decode, frames = _stage(lambda: decode_frames(True), n, reps)
+    # The YCbCr saving is small next to the noise: 30 paired runs, the order
+    # alternated, nothing kept between them.
+    saving = []
+    for k in range(30):
+      timed = {y: _stage(lambda y=y: decode_frames(y) and None, n, 1)[0]
+               for y in ((False, True) if k % 2 else (True, False))}
+      saving.append(timed[False] - timed[True])
     crop, views = _stage(lambda: [ip.train_view(f, IMAGE_SIZE, True, rng)
                                   for f, rng in zip(frames, rngs())], n, reps)
 
@@ -349,14 +359,27 @@ def stages(source, batch: int, reps: int = 5) -> list[dict]:
 
     batching, stacked = _stage(fill, n, reps)
     transfer, _ = _stage(lambda: put(stacked, ip.DEVICE_KEYS), n, reps)
+
+    def to_shared_memory():  # what grain does with a batch a worker process built
+      import grain
+      for key in ("image", "spectrogram"):
+        shm = grain.multiprocessing.SharedMemoryArray(stacked[key].shape, stacked[key].dtype)
+        shm[...] = stacked[key]
+        shm.unlink_on_del()
+        del shm
+
+    worker_transport, _ = _stage(to_shared_memory, n, reps)
     sampler = ip.EpochSampler(len(source), n, 0)
     loader = ip.BatchLoader(source, sampler, seed=0, image_size=IMAGE_SIZE, augment=True,
                             local_batch=n, process_index=0)
     total, _ = _stage(lambda: loader(0), n, reps)
     out.append({"benchmark": "stages", "path": "batch", "examples": n, "read": read,
                 "parse": parse, "decode": decode, "decode_with_rgb_conversion": decode_rgb,
+                "ycbcr_decode_saving": round(statistics.median(saving), 4),
+                "ycbcr_decode_saving_runs_positive": sum(x > 0 for x in saving),
                 "crop_flip": crop, "spectrogram": 0.0, "batching": batching,
-                "transfer": transfer, "loader": total})
+                "transfer": transfer, "loader": total,
+                "worker_transport": worker_transport})
   for record in out:
     record["sum"] = round(sum(v for k, v in record.items() if k in (
         "read", "parse", "decode", "crop_flip", "spectrogram", "batching", "transfer")), 4)

@@ -23,9 +23,9 @@ program, which is the whole step on one device; flops_per_step_all_devices
 multiplies by the device count), mfu = flops_per_step /
 (step time * per-device peak) with the peak named in peak_name (null on CPU
 and unknown devices), argument/output/temp_bytes (XLA memory_analysis of the
-compiled step). The batch follows the training contract (uint8 crops, their
-flips, float16 spectrograms; `input_pipeline`), so the step includes the
-device half of the augmentation. `--compile_only` prints the compiled step's
+compiled step). The batch follows the training contract (uint8 YCbCr crops,
+their flips, float16 spectrograms; `input_pipeline`), so the step includes
+the device half of the augmentation. `--compile_only` prints the compiled step's
 FLOPs and memory without running it.
 """
 
@@ -166,11 +166,13 @@ def bench_jax(args, config):
   # HardPos batches (`input_pipeline.train_iterator(neighbours=...)`): each base
   # row brings its visual neighbour's image and audio neighbour's spectrogram
   # ([B, 2, ...]) and a row of the negative mask; samples/s counts base rows.
-  # The training batch contract: uint8 crops and their flips, float16
-  # spectrograms as stored; the flip and the float32 cast run in the step.
+  # The training batch contract: uint8 crops as decoded from JFIF frames
+  # (YCbCr), their flips, float16 spectrograms as stored; the colour
+  # conversion, the flip and the float32 cast run in the step.
   slots = (2,) if method.needs_neighbours else ()
   batch = {"image": rng.integers(0, 256, (args.batch, *slots, args.image_size, args.image_size,
                                           3), dtype=np.uint8),
+           "ycbcr": np.ones((args.batch, *slots), bool),
            "flip": rng.random((args.batch, *slots)) < 0.5,
            "spectrogram": rng.normal(size=(args.batch, *slots, f, t)).astype(np.float16)}
   if method.needs_neighbours:  # ~85% of the other rows are negatives, as on the demo

@@ -167,8 +167,8 @@ def refresh_teacher(state):
 
 def model_inputs(batch, needs_neighbours: bool):
   """`(image, spectrogram)` for the model, after the device half of the
-  training transform (`input_pipeline.device_inputs`: the flip, float32
-  spectrograms). Neighbour batches hold `[B, 2, ...]` (base, neighbour;
+  training transform (`input_pipeline.device_inputs`: JPEG colour
+  conversion, flip, float32 spectrograms). Neighbour batches hold `[B, 2, ...]` (base, neighbour;
   `input_pipeline.train_iterator`): flattened to `[2B, ...]` (row-major, so
   each device's rows stay its own) for one forward over all, BatchNorm
   statistics included; the method's loss reshapes the outputs back."""
