@@ -22,7 +22,11 @@ flops_per_step (XLA cost_analysis of the compiled step: the per-device
 program, which is the whole step on one device; flops_per_step_all_devices
 multiplies by the device count), mfu = flops_per_step /
 (step time * per-device peak) with the peak named in peak_name (null on CPU
-and unknown devices).
+and unknown devices), argument/output/temp_bytes (XLA memory_analysis of the
+compiled step). The batch follows the training contract (uint8 YCbCr crops,
+their flips, float16 spectrograms; `input_pipeline`), so the step includes
+the device half of the augmentation. `--compile_only` prints the compiled step's
+FLOPs and memory without running it.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ def parse_args(argv=None):
                  help="model compute dtype (params stay float32)")
   p.add_argument("--steps", type=int, default=20, help="timed steps")
   p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+  p.add_argument("--compile_only", action="store_true",
+                 help="compile the step and print its FLOPs and memory, without running it")
   p.add_argument("--profile", default="", help="write a jax.profiler trace of 3 steps here")
   p.add_argument("--devices", type=int, default=0,
                  help="CPU only: simulate N devices (re-execs with XLA_FLAGS)")
@@ -116,6 +122,19 @@ def flops_of(compiled):
   return float(flops) if flops is not None and flops >= 0 else None
 
 
+def memory_of(compiled) -> dict:
+  """The compiled step's buffer sizes (XLA memory_analysis), bytes."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # some backends do not implement it
+    m = None
+  if m is None:
+    return {}
+  return {"argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
+          "temp_bytes": m.temp_size_in_bytes, "generated_code_bytes":
+          m.generated_code_size_in_bytes}
+
+
 def time_steps(run_step, n):
   times = []
   for _ in range(n):
@@ -147,10 +166,15 @@ def bench_jax(args, config):
   # HardPos batches (`input_pipeline.train_iterator(neighbours=...)`): each base
   # row brings its visual neighbour's image and audio neighbour's spectrogram
   # ([B, 2, ...]) and a row of the negative mask; samples/s counts base rows.
+  # The training batch contract: uint8 crops as decoded from JFIF frames
+  # (YCbCr), their flips, float16 spectrograms as stored; the colour
+  # conversion, the flip and the float32 cast run in the step.
   slots = (2,) if method.needs_neighbours else ()
   batch = {"image": rng.integers(0, 256, (args.batch, *slots, args.image_size, args.image_size,
                                           3), dtype=np.uint8),
-           "spectrogram": rng.normal(size=(args.batch, *slots, f, t)).astype(np.float32)}
+           "ycbcr": np.ones((args.batch, *slots), bool),
+           "flip": rng.random((args.batch, *slots)) < 0.5,
+           "spectrogram": rng.normal(size=(args.batch, *slots, f, t)).astype(np.float16)}
   if method.needs_neighbours:  # ~85% of the other rows are negatives, as on the demo
     mask = rng.random((args.batch, args.batch)) < 0.85
     np.fill_diagonal(mask, False)
@@ -163,6 +187,13 @@ def bench_jax(args, config):
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   flops = flops_of(compiled)
+  memory = memory_of(compiled)
+  if args.compile_only:
+    return {"framework": "jax", "platform": jax.local_devices()[0].platform,
+            "method": config.method.name, "batch": args.batch, "image_size": args.image_size,
+            "spec": [f, t], "width": args.width, "dtype": args.dtype, "compile_s": compile_s,
+            "flops_per_step": flops, "input_bytes": sum(x.nbytes for x in batch.values()),
+            **memory}
 
   holder = {"state": state}
 
@@ -199,7 +230,7 @@ def bench_jax(args, config):
       "ms_per_step_min": 1e3 * min(times), "timed_steps": len(times),
       "compile_s": compile_s,
       "peak_memory_bytes": stats.get("peak_bytes_in_use"),
-      "flops_per_step": flops,
+      "flops_per_step": flops, **memory,
       "flops_per_step_all_devices": flops * n_dev if flops else None,
       "mfu": flops / step_s / peak if (flops and peak) else None,
       "peak_flops": peak, "peak_name": peak_name, "final_loss": loss,

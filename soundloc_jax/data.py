@@ -54,11 +54,21 @@ def prepare_data(config) -> tuple[str, str]:
   return resolve_dataset(config.dataset.name, data_dir, config.dataset.build_if_missing), data_dir
 
 
-def open_source(name: str, split: str, data_dir: str):
-  """`tfds.data_source` with an error that says how to build what is missing."""
+def open_source(name: str, split: str, data_dir: str, encoded_images: bool = False):
+  """`tfds.data_source` with an error that says how to build what is missing.
+  With `encoded_images` an encoded `image` feature is returned as its bytes
+  (the training pipeline decodes it straight into its crops,
+  `input_pipeline.open_frame`)."""
   import tensorflow_datasets as tfds
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir)
+    source = tfds.data_source(name, split=split, data_dir=data_dir)
+    # Only an Image feature is encoded (the demo stores a raw uint8 Tensor).
+    features = source.dataset_info.features
+    if encoded_images and "image" in features and isinstance(features["image"],
+                                                             tfds.features.Image):
+      source = tfds.data_source(name, split=split, data_dir=data_dir,
+                                decoders={"image": tfds.decode.SkipDecoding()})
+    return source
   except Exception as e:  # TFDS raises several types for "not prepared"
     base, _, builder_config = name.partition("/")
     config_flag = f" --config={builder_config}" if builder_config else ""
@@ -117,6 +127,7 @@ def train_batches(config, source, start_step: int, stop_step: int, needs_neighbo
   batches, _ = input_pipeline.train_iterator(
       source, global_batch=config.batch_size, seed=config.seed, start_step=start_step,
       num_steps=stop_step, image_size=ds_cfg.image_size, augment=ds_cfg.augment,
-      num_threads=ds_cfg.num_workers, process_index=jax.process_index(),
+      num_threads=ds_cfg.num_workers, worker_processes=ds_cfg.worker_processes,
+      process_index=jax.process_index(),
       process_count=jax.process_count(), neighbours=table)
   return batches

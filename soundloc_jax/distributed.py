@@ -24,6 +24,7 @@ values and write nothing (orbax coordinates the checkpoint writes itself).
 
 from __future__ import annotations
 
+import collections
 import os
 
 import jax
@@ -97,12 +98,33 @@ def global_batch(local_batch: dict, mesh, spec=P("data"),
   `local_batch[k]` holds this process's `global_rows / process_count` rows
   (its contiguous slice, as `train_iterator` reads them); the result has the
   global leading dimension, sharded per `spec` over `mesh`. Host-only keys
-  are dropped. With one process this is `jax.device_put` of the rows.
+  are dropped, and so are `keys` the batch lacks (a synthetic batch without
+  `flip` / `ycbcr`: `input_pipeline.device_inputs` then applies none). With
+  one process this is `jax.device_put` of the rows.
   """
   sharding = NamedSharding(mesh, spec)
   out = {}
-  for k in keys:
+  for k in (k for k in keys if k in local_batch):
     local = np.asarray(local_batch[k])
     global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
     out[k] = jax.make_array_from_process_local_data(sharding, local, global_shape)
   return out
+
+
+def prefetch_to_device(batches, put, size: int = 2):
+  """Yields `put(batch)` (`global_batch`: the transfer, asynchronous) for each
+  of `batches`, keeping `size` of them put ahead: while the step runs on
+  batch n, batches n+1 .. n+size-1 are already on their way to the device
+  and the host builds the next (double-buffered with the default 2).
+  Closing the generator closes `batches` (grain's worker processes)."""
+  queue = collections.deque()
+  try:
+    for batch in batches:
+      queue.append(put(batch))
+      if len(queue) >= size:
+        yield queue.popleft()
+    while queue:
+      yield queue.popleft()
+  finally:
+    if hasattr(batches, "close"):
+      batches.close()

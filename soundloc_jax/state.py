@@ -34,7 +34,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from soundloc_jax import audio, checkpointing, workdir
+from soundloc_jax import audio, checkpointing, input_pipeline, workdir
 from soundloc_jax.errors import ConfigError
 from soundloc_jax.models import av_model
 
@@ -166,11 +166,13 @@ def refresh_teacher(state):
 
 
 def model_inputs(batch, needs_neighbours: bool):
-  """`(image, spectrogram)` for the model. Neighbour batches hold `[B, 2, ...]`
-  (base, neighbour; `input_pipeline.train_iterator`): flattened to `[2B, ...]`
-  (row-major, so each device's rows stay its own) for one forward over all,
-  BatchNorm statistics included; the method's loss reshapes the outputs back."""
-  image, spectrogram = batch["image"], batch["spectrogram"]
+  """`(image, spectrogram)` for the model, after the device half of the
+  training transform (`input_pipeline.device_inputs`: JPEG colour
+  conversion, flip, float32 spectrograms). Neighbour batches hold `[B, 2, ...]` (base, neighbour;
+  `input_pipeline.train_iterator`): flattened to `[2B, ...]` (row-major, so
+  each device's rows stay its own) for one forward over all, BatchNorm
+  statistics included; the method's loss reshapes the outputs back."""
+  image, spectrogram = input_pipeline.device_inputs(batch)
   if needs_neighbours:
     image = image.reshape((-1,) + image.shape[2:])
     spectrogram = spectrogram.reshape((-1,) + spectrogram.shape[2:])

@@ -106,7 +106,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   method.check_config(config.method)
   name, data_dir = data.prepare_data(config)
   ds_cfg = config.dataset
-  train_source = data.open_source(name, ds_cfg.train_split, data_dir)
+  train_source = data.open_source(name, ds_cfg.train_split, data_dir, encoded_images=True)
   val_source = data.open_source(name, ds_cfg.validation_split, data_dir)
   data.check_audio_matches(name, data_dir, config)
   val_eval = evaluators.SplitEvaluator(ds_cfg.validation_split, val_source, config,
@@ -160,8 +160,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     workdir_lib.echo(f"Training {method.name} for {stop_step - start_step} steps "
                      f"({steps_per_epoch} steps/epoch, global batch {config.batch_size}, "
                      f"{jax.device_count()} device(s)); logs in {writer.path}")
-    batches = data.train_batches(config, train_source, start_step, stop_step,
-                                 method.needs_neighbours, warn=workdir_lib.warn)
+    # Two batches on the device ahead of the step: host and device overlap.
+    batches = distributed.prefetch_to_device(
+        data.train_batches(config, train_source, start_step, stop_step,
+                           method.needs_neighbours, warn=workdir_lib.warn),
+        lambda b: distributed.global_batch(b, mesh, P("data"), keys=device_keys))
   t_start, t_log, samples_since_log = time.time(), time.time(), 0
   # A live bar on terminals only (disable=None); logs get the ETA in each line.
   bar = tqdm.tqdm(total=stop_step, initial=start_step, unit="step", disable=None,
@@ -216,8 +219,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if active not in step_fns:
       step_fns[active] = make_train_step(graphdef, method, config.method, optimizer, active, mesh,
                                          skip_nonfinite=config.nonfinite == "skip")
-    batch = distributed.global_batch(next(batches), mesh, P("data"), keys=device_keys)
-    state, metrics = step_fns[active](state, batch)
+    state, metrics = step_fns[active](state, next(batches))
     samples_since_log += config.batch_size
     bar.update(1)
     last, epoch_end = n == stop_step, n % steps_per_epoch == 0
@@ -233,6 +235,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       last_metrics = validate(n, epoch)
     if save_now:
       save(n, epoch, epoch_end)
+  if start_step < stop_step:
+    batches.close()  # ends grain's worker processes
   if latest is None and stop_step == 0:  # num_epochs=0: the untrained model, as step 0
     ckpt.save(0, state, {"step": 0, "epoch": -1, "epoch_complete": True})
   bar.close()

@@ -365,19 +365,29 @@ def test_id_lists_and_vggsound_csv_are_parsed(tmp_path):
 
 def test_the_training_pipeline_reads_stored_frames_into_the_batch_contract(built):
   source = _source(built["api"], "flickr_soundnet/10k", "train")
+  # As training opens it: the stored JPEG frames left encoded, decoded into the crops.
+  encoded = data.open_source("flickr_soundnet/10k", "train", built["api"], encoded_images=True)
+  assert isinstance(encoded[0]["image"], bytes)
   it, steps_per_epoch = input_pipeline.train_iterator(
-      source, global_batch=4, seed=0, start_step=0, num_steps=1, image_size=224, augment=True)
+      encoded, global_batch=4, seed=0, start_step=0, num_steps=1, image_size=224, augment=True)
   batch = next(it)
   assert steps_per_epoch == len(source) // 4
   assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == np.uint8
-  assert batch["spectrogram"].shape == (4, 257, 299) and batch["spectrogram"].dtype == np.float32
-  # A 224 crop of the stored 246-high frame: its rows are rows of the stored frame.
+  assert batch["flip"].shape == (4,) and batch["flip"].dtype == bool
+  # The spectrogram as stored (float16); the step makes it float32.
+  assert batch["spectrogram"].shape == (4, 257, 299) and batch["spectrogram"].dtype == np.float16
+  np.testing.assert_array_equal(batch["spectrogram"][0],
+                                source[int(batch["index"][0])]["spectrogram"])
+  # A 224 crop of the stored 246-high frame (its flip and, for a JPEG, its
+  # colour conversion are left to the device).
   i = int(batch["index"][0])
   stored = source[i]["image"]
-  crop = batch["image"][0]
+  assert batch["ycbcr"].dtype == bool and batch["ycbcr"].all()  # JFIF frames, decoded as YCbCr
+  crop = np.asarray(input_pipeline.device_inputs({k: batch[k][:1] for k in (
+      "image", "spectrogram", "ycbcr")})[0][0])
   windows = (stored[top:top + 224, left:left + 224] for top in range(stored.shape[0] - 223)
              for left in range(stored.shape[1] - 223))
-  assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, ::-1]) for w in windows)
+  assert any(np.array_equal(crop, w) for w in windows)
 
 
 def test_eval_audio_must_be_known_and_needs_a_stored_waveform(built):

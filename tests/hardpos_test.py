@@ -303,6 +303,7 @@ def _two_device_main():
   rng = np.random.default_rng(0)
   batches = [{"image": rng.integers(0, 256, (8, 2, 64, 64, 3), dtype=np.uint8),
               "spectrogram": rng.normal(size=(8, 2, 64, 63)).astype(np.float32),
+              "flip": rng.random((8, 2)) < 0.5,
               "negative_mask": rng.random((8, 8)) < 0.6} for _ in range(2)]
   results = []
   for devices in (jax.devices()[:1], jax.devices()):

@@ -151,8 +151,8 @@ def test_trainer_validates_an_unannotated_split_by_retrieval(demo_data_dir, tmp_
                                                              monkeypatch):
   original = data.open_source
 
-  def open_source(name, split, data_dir):
-    source = original(name, split, data_dir)
+  def open_source(name, split, data_dir, **kwargs):
+    source = original(name, split, data_dir, **kwargs)
     return _WithoutBoxes(source) if split == "validation" else source
 
   monkeypatch.setattr(data, "open_source", open_source)
@@ -182,9 +182,9 @@ def test_unannotated_validation_computes_no_localization_number(demo_data_dir, t
   the split), retrieval metrics pass, and an unknown key is refused at start-up
   on an annotated split too."""
   original = data.open_source
-  bare = lambda name, split, data_dir: (  # noqa: E731
+  bare = lambda name, split, data_dir, **kwargs: (  # noqa: E731
       _WithoutBoxes(original(name, split, data_dir)) if split == "validation"
-      else original(name, split, data_dir))
+      else original(name, split, data_dir, **kwargs))
   with pytest.raises(errors.ConfigError, match=r"best_metric='val_nope' .*split 'validation'"):
     train.train_and_evaluate(tiny_config(demo_data_dir, **{"checkpoint.best_metric": "val_nope"}),
                              str(tmp_path / "nope"))

@@ -83,6 +83,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.dataset.image_size = 64          # training crop / model input
   c.dataset.augment = False          # demo: boxes are exact, no crop/flip
   c.dataset.num_workers = 0          # grain read threads (0 = in-process)
+  # Training batches built in this many grain worker processes (0: in the
+  # training process, by `num_workers` threads). One process builds ~600
+  # augmented 224 examples (~220 HardPos base examples) per CPU-second
+  # (benchmarks/RESULTS.md): size it to the step's rate.
+  c.dataset.worker_processes = 0
 
   c.audio = audio_config(DEMO_AUDIO)
 
