@@ -3,6 +3,14 @@
 
   python scripts/hardpos_diagnostics.py WORKDIR [WORKDIR ...]
   TRAIN_MODE=1 python scripts/hardpos_diagnostics.py ...   # BatchNorm on batch statistics
+  python scripts/hardpos_diagnostics.py --purity BASELINE_WORKDIR K  # its mined neighbours.npz
+
+`--purity`: how often a mined neighbour of the demo's training split is a
+right positive: the audio neighbour's sounding class equals the base's
+(what P_a needs), the visual neighbour's sounding class equals the base's,
+and the visual neighbour's image holds a digit of the base's sounding class
+at all (what P_v and P_c need: the base audio's object in that image),
+each against K random neighbours (seed 0).
 
 For each HardPos workdir: 8 training batches of 64 with its own neighbour
 table (seed 123, no augmentation) through the final checkpoint; prints the
@@ -110,5 +118,33 @@ def main(workdirs):
               mean["loss_without_levels"], mean["loss_chance"]))
 
 
+def neighbour_purity(baseline: str, k: int) -> None:
+  """Prints the `--purity` fractions (module docstring) of the first k
+  columns of `baseline/neighbours.npz`, and of k random neighbours per example."""
+  from soundloc_jax import workdir as workdir_lib
+  path = os.path.join(baseline, "neighbours.npz")
+  mined = np.load(path)
+  name, data_dir = data.prepare_data(workdir_lib.read_config(baseline))
+  source = data.open_source(name, "train", data_dir)
+  examples = [source[i] for i in range(len(source))]
+  ids = [e["id"].decode() if isinstance(e["id"], bytes) else str(e["id"]) for e in examples]
+  if ids != list(mined["ids"]):
+    raise SystemExit(f"{path}: its ids are not the training split's, in order")
+  label = np.asarray([int(e["label"]) for e in examples])
+  present = np.stack([np.asarray(e["present"]) for e in examples])  # [N, cells]
+  random = np.random.default_rng(0).integers(0, len(label), size=(len(label), k))
+  for name, table in (("mined", None), ("random", random)):
+    a = mined["audio_indices"][:, :k] if table is None else table
+    v = mined["visual_indices"][:, :k] if table is None else table
+    holds = (present[v] == label[:, None, None]).any(axis=-1)
+    print(f"{name:6s} K={k}: audio neighbour same sounding class "
+          f"{np.mean(label[a] == label[:, None]):.3f}; visual neighbour same sounding class "
+          f"{np.mean(label[v] == label[:, None]):.3f}, holds the base's sounding class "
+          f"{np.mean(holds):.3f}")
+
+
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  if sys.argv[1:2] == ["--purity"]:
+    neighbour_purity(sys.argv[2], int(sys.argv[3]))
+  else:
+    main(sys.argv[1:])

@@ -147,9 +147,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.num_neighbours = 1000
   c.method.positives = "bavc"
   c.method.neighbour_gradient = True
-  # What the negatives share with the positives: "audio" (Eq. 5 as written),
-  # "image" (LVS's code), "both" (methods/hardpos.py docstring).
-  c.method.negative_anchor = "audio"
+  # What the negatives share with the positives: "both" (each positive against
+  # negatives sharing its anchor: no per-audio or per-image level shortcut;
+  # a deviation from Eq. 5, docs/results.md#hardpos-negatives-anchor),
+  # "audio" (Eq. 5 as written), "image" (LVS's code direction).
+  c.method.negative_anchor = "both"
   c.method.detached_positives = ""   # a diagnostic: positives whose logit gets no gradient
 
   c.optimizer = ml_collections.ConfigDict()

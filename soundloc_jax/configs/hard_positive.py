@@ -21,10 +21,14 @@ Values (the defaults of `method.*` in default.py; the loss rules are in
   positives = "bavc"                the terms of P_i (Eq. 5): b base pair,
                                     a audio neighbour, v visual neighbour,
                                     c both; a subset ("ba", "b") ablates them.
-  negative_anchor = "audio"         what the negatives share with the positives:
-                                    "audio" (A_i, V_l) as Eq. 5 writes, "image"
-                                    (A_l, V_i) as LVS's code, "both" (rows per
-                                    anchor; methods/hardpos.py docstring).
+  negative_anchor = "both"          what the negatives share with the positives:
+                                    "both" (rows per anchor; methods/hardpos.py
+                                    docstring), a deviation from Eq. 5, which
+                                    writes "audio" (A_i, V_l) and opens a
+                                    per-audio level shortcut for P_a and P_c;
+                                    "image" (A_l, V_i) as LVS's code. Chosen
+                                    on the demo and stamps evidence in
+                                    docs/results.md (HardPos negatives' anchor).
   neighbour_gradient = True         the paper's loss; False stop-gradients the
                                     neighbours' features (a diagnostic, see the
                                     methods/hardpos.py docstring and

@@ -44,7 +44,9 @@ Interpretation choices (the paper leaves these open):
     i, so i's negatives stand in for its own, to the extent mining is right).
     Putting P_c in either base row would reopen one of the two shortcuts.
     The loss averages the rows that hold at least one selected positive, so
-    `positives="b"` with `"both"` is a symmetric InfoNCE over P_b.
+    `positives="b"` with `"both"` is a symmetric InfoNCE over P_b. The
+    configs default to `"both"` (`hardpos_loss` itself to Eq. 5's `"audio"`);
+    the evidence is in docs/results.md (HardPos negatives' anchor).
   Each negative is scored by the plain spatial mean of its map (Eq. 5,
   `negative_pooling="mean"`) or, with `"masked"`, by the soft-masked response
   with its own mask, as the positives (what LVS's released code does). Eq.
