@@ -233,7 +233,7 @@ def _children_cpu_s(proc) -> float:
       t = child.cpu_times()
       total += t.user + t.system
     except Exception:  # pylint: disable=broad-except  (a child that just ended)
-      pass
+      continue  # its time is in `ended` once reaped
   return total
 
 
