@@ -133,11 +133,11 @@ def neighbour_purity(baseline: str, k: int) -> None:
   label = np.asarray([int(e["label"]) for e in examples])
   present = np.stack([np.asarray(e["present"]) for e in examples])  # [N, cells]
   random = np.random.default_rng(0).integers(0, len(label), size=(len(label), k))
-  for name, table in (("mined", None), ("random", random)):
+  for kind, table in (("mined", None), ("random", random)):
     a = mined["audio_indices"][:, :k] if table is None else table
     v = mined["visual_indices"][:, :k] if table is None else table
     holds = (present[v] == label[:, None, None]).any(axis=-1)
-    print(f"{name:6s} K={k}: audio neighbour same sounding class "
+    print(f"{kind:6s} K={k}: audio neighbour same sounding class "
           f"{np.mean(label[a] == label[:, None]):.3f}; visual neighbour same sounding class "
           f"{np.mean(label[v] == label[:, None]):.3f}, holds the base's sounding class "
           f"{np.mean(holds):.3f}")
