@@ -233,23 +233,27 @@ def _fmt(values: list[float]) -> str:
   return f"{mean:.3f} ({min(values):.3f}..{max(values):.3f})"
 
 
-def _ci(found, key) -> str:
-  if not all(f"{key}_ci95_lo" in m for m in found):
-    return ""
-  return (f" [{statistics.fmean(m[key + '_ci95_lo'] for m in found):.3f}, "
-          f"{statistics.fmean(m[key + '_ci95_hi'] for m in found):.3f}]")
-
-
-def _pointing_ci(m: dict) -> tuple[float, float]:
-  """A run's 95% pointing interval: its stored bootstrap interval, or for runs
-  scored before that was stored, the Wilson interval of a proportion of n
-  (the same to ~0.002 at n = 500)."""
-  if "pointing_ci95_lo" in m:
-    return m["pointing_ci95_lo"], m["pointing_ci95_hi"]
+def _run_ci(m: dict, key: str) -> tuple[float, float] | None:
+  """A run's 95% interval of `key`: its stored bootstrap interval; for pointing
+  from runs scored before that was stored, the Wilson interval of a proportion
+  of n (the same to ~0.002 at n = 500); else None."""
+  if f"{key}_ci95_lo" in m:
+    return m[f"{key}_ci95_lo"], m[f"{key}_ci95_hi"]
+  if key != "pointing":
+    return None
   p, n, z = m["pointing"], m["n"], 1.959964
   centre = (p + z * z / (2 * n)) / (1 + z * z / n)
   half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
   return centre - half, centre + half
+
+
+def _ci(found, key) -> str:
+  """ [lo, hi]: the mean over runs of each run's 95% interval ("" if one lacks it)."""
+  intervals = [_run_ci(m, key) for m in found]
+  if None in intervals:
+    return ""
+  lo, hi = zip(*intervals)
+  return f" [{statistics.fmean(lo):.3f}, {statistics.fmean(hi):.3f}]"
 
 
 def _cell(found, key) -> str:
@@ -290,14 +294,6 @@ def collect_benchmark(args) -> str:
   return "\n".join(out) + "\n" + note
 
 
-def _pointing(found) -> str:
-  if not all("pointing" in m for m in found):
-    return "n/a"
-  lo, hi = zip(*map(_pointing_ci, found))
-  return (f"{_fmt([m['pointing'] for m in found])} "
-          f"[{statistics.fmean(lo):.3f}, {statistics.fmean(hi):.3f}]")
-
-
 def collect(args) -> str:
   if args.benchmark != "demo":
     return collect_benchmark(args)
@@ -324,7 +320,7 @@ def collect(args) -> str:
           f"{statistics.fmean(get('ciou_ci95_hi')):.3f}]")
     rows.append(f"| {METHODS[method][2]} | {len(found)} | {_fmt(get('ciou'))} | {ci} | "
                 f"{_fmt(get('auc'))} | {_fmt(get('ciou_median'))} | {_fmt(get('auc_median'))} | "
-                f"{_pointing(found)} |")
+                f"{_cell(found, 'pointing')} |")
   note = (f"\n{', '.join(map(str, sorted(epochs))) or '?'} epochs per run, seeds {args.seeds}, test split of the demo "
           f"(n={', '.join(map(str, sorted(sizes))) or '?'}); intervals: the mean over seeds of each "
           "run's 95% interval (pointing: bootstrap, or Wilson for runs that stored none); "

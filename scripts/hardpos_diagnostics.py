@@ -125,7 +125,8 @@ def neighbour_purity(baseline: str, k: int) -> None:
   path = os.path.join(baseline, "neighbours.npz")
   mined = np.load(path)
   name, data_dir = data.prepare_data(workdir_lib.read_config(baseline))
-  source = data.open_source(name, "train", data_dir)
+  # Only ids and labels are read: an encoded image stays its bytes.
+  source = data.open_source(name, "train", data_dir, encoded_images=True)
   examples = [source[i] for i in range(len(source))]
   ids = [e["id"].decode() if isinstance(e["id"], bytes) else str(e["id"]) for e in examples]
   if ids != list(mined["ids"]):

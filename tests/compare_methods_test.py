@@ -30,15 +30,22 @@ def test_wilson_pointing_interval_matches_a_bootstrap_of_the_hits(compare, p):
   hits[:round(p * n)] = 1
   rng = np.random.default_rng(0)
   means = hits[rng.integers(0, n, size=(4000, n))].mean(axis=1)
-  lo, hi = compare._pointing_ci({"pointing": hits.mean(), "n": n})
+  lo, hi = compare._run_ci({"pointing": hits.mean(), "n": n}, "pointing")
   assert lo < hits.mean() < hi
   assert abs(lo - np.percentile(means, 2.5)) < 0.01
   assert abs(hi - np.percentile(means, 97.5)) < 0.01
 
 
 def test_a_stored_pointing_interval_is_used_as_it_is(compare):
-  assert compare._pointing_ci({"pointing": 0.5, "n": 500, "pointing_ci95_lo": 0.1,
-                               "pointing_ci95_hi": 0.2}) == (0.1, 0.2)
+  assert compare._run_ci({"pointing": 0.5, "n": 500, "pointing_ci95_lo": 0.1,
+                          "pointing_ci95_hi": 0.2}, "pointing") == (0.1, 0.2)
+
+
+def test_a_missing_interval_of_another_metric_is_left_out(compare):
+  """Only pointing has a fallback interval; another metric without a stored one
+  prints its value alone."""
+  assert compare._run_ci({"ciou": 0.3, "n": 500}, "ciou") is None
+  assert compare._cell([{"ciou": 0.3, "n": 500}], "ciou") == "0.300"
 
 
 def test_the_demo_table_reads_each_seeds_report(compare, tmp_path):
