@@ -21,7 +21,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from soundloc_jax import audio
-from soundloc_jax.evaluation import annotations, evaluators, objects
+from soundloc_jax.evaluation import annotations, evaluators, objects, protocol
 from soundloc_jax.errors import DatasetError
 from tests import media_fixtures as mf
 
@@ -407,6 +407,36 @@ def test_silent_object_scores():
     objects.silent_object_scores(responses[:1], sounding[:1], [np.zeros((0, 8, 8))])
 
 
+def test_the_peak_is_placed_on_the_sounding_object_a_silent_one_or_elsewhere():
+  """Random maps, 1-3 silent boxes each (some overlapping the sounding box):
+  per sample, a loop over the resized map's argmax says on which object it
+  lies; sounding wins over silent where boxes overlap; pointing and
+  peak-on-silent never both hold."""
+  rng = np.random.default_rng(1)
+  n, size = 40, 16
+  responses = rng.normal(size=(n, 4, 4)).astype(np.float32)
+
+  def box_map():
+    x0, y0 = rng.integers(0, size - 6, 2)
+    return annotations.box_gt_map([[x0, y0, x0 + rng.integers(3, 7), y0 + rng.integers(3, 7)]],
+                                  size=size)
+
+  sounding = np.stack([box_map() for _ in range(n)])
+  maps, valid = objects.pad_silent_maps(
+      [np.stack([box_map() for _ in range(rng.integers(1, 4))]) for _ in range(n)])
+  valid[0, 1:], maps[0, 1:] = False, 1.0  # a padded slot never counts, whatever it holds
+  got = objects.peak_on_silent_object(responses, sounding, maps, valid)
+  expected = []
+  for i in range(n):
+    heat = np.asarray(objects.resize_bilinear(responses[i], size))
+    y, x = np.unravel_index(np.argmax(heat), heat.shape)
+    on_silent = any(maps[i, k, y, x] > 0 for k in range(maps.shape[1]) if valid[i, k])
+    expected.append(float(on_silent and not sounding[i, y, x] > 0))
+  np.testing.assert_array_equal(got, expected)
+  pointing = protocol.pointing_hits(responses, sounding)
+  assert 0 < got.sum() < n and 0 < pointing.sum() and not np.any(got * pointing)
+
+
 def test_silent_object_scores_match_a_loop_reference():
   """Random maps and boxes, 1-3 silent objects each, blocks of 4: the padded
   vectorised form equals a per-sample loop written from the definition."""
@@ -477,6 +507,16 @@ def test_the_evaluator_runs_the_silent_object_test_on_stamps_splits(built):
   result = evaluators.SplitEvaluator("test", source, config, evals).run(predict(oracle))
   assert result.metrics["silent"] == 1.0 and result.metrics["pointing"] == 1.0
   assert result.metrics["silent_ci95_lo"] == 1.0 and "silent-object test 1.000" in result.describe()
+  assert result.metrics["peak_silent"] == 0.0
+  # A map of the first silent object: its peak is on that object, so on the
+  # sounding one as well (pointing) or on a silent one only.
+  calls = iter(range(len(source)))
+  first_silent = np.stack([annotations.box_gt_map(np.asarray(source[i]["silent_boxes"])[:1],
+                                                  size=SIZE) for i in range(len(source))])
+  result = evaluators.SplitEvaluator("test", source, config, evals).run(predict(first_silent))
+  assert result.metrics["peak_silent"] > 0.5
+  assert result.metrics["peak_silent"] + result.metrics["pointing"] == pytest.approx(1.0)
+  assert result.metrics["silent"] < 0.5
   calls = iter(range(len(source)))
   flat = np.ones_like(oracle)
   result = evaluators.SplitEvaluator("test", source, config, evals).run(predict(flat))

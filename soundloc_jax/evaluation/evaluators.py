@@ -96,8 +96,13 @@ def _silent_object(outputs: SplitOutputs, ev) -> Scores:
   scores = objects.silent_object_scores(outputs.responses, outputs.gt_maps, outputs.silent_maps,
                                         outputs.silent_valid, size=ev.size)
   mean, lo, hi = protocol.mean_ci95(scores)
+  peaks = objects.peak_on_silent_object(outputs.responses, outputs.gt_maps, outputs.silent_maps,
+                                        outputs.silent_valid, size=ev.size)
+  peak, peak_lo, peak_hi = protocol.mean_ci95(peaks)
   return Scores({"silent": mean, "silent_ci95_lo": lo, "silent_ci95_hi": hi,
-                 "n": len(outputs.ids)}, {"silent": scores})
+                 "peak_silent": peak, "peak_silent_ci95_lo": peak_lo,
+                 "peak_silent_ci95_hi": peak_hi, "n": len(outputs.ids)},
+                {"silent": scores, "peak_silent": peaks})
 
 
 def retrieval_scores(visual: np.ndarray, audio: np.ndarray,
@@ -145,7 +150,8 @@ EVALUATORS = {e.name: e for e in (
               metrics=("ciou", "auc", "ciou_ci95_lo", "ciou_ci95_hi", "ciou_median",
                        "auc_median", "pointing", "pointing_ci95_lo", "pointing_ci95_hi", "n")),
     Evaluator("silent_object", _silent_object, needs_annotations=True,
-              metrics=("silent", "silent_ci95_lo", "silent_ci95_hi", "n")),
+              metrics=("silent", "silent_ci95_lo", "silent_ci95_hi", "peak_silent",
+                       "peak_silent_ci95_lo", "peak_silent_ci95_hi", "n")),
     Evaluator("retrieval", _retrieval, needs_features=True,
               metrics=("r1", "r5", "median_rank", "r1_chance", "r5_chance", "n")),
 )}
@@ -198,7 +204,7 @@ class EvalResult:
                    f"{m['pointing']:.3f}")
     if "silent" in m:
       parts.append(f"silent-object test {m['silent']:.3f} [{m['silent_ci95_lo']:.3f}, "
-                   f"{m['silent_ci95_hi']:.3f}]")
+                   f"{m['silent_ci95_hi']:.3f}], peak on a silent object {m['peak_silent']:.3f}")
     if self.ranks is not None:
       parts.append(f"retrieval R@1 {m['r1']:.3f} R@5 {m['r5']:.3f} (chance {m['r1_chance']:.3f}"
                    f" / {m['r5_chance']:.3f})")

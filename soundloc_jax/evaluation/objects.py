@@ -6,7 +6,9 @@ that store the silent objects' boxes (`stamps`: `silent_boxes`) get it from
 the `silent_object` evaluator; no paper reports it. A map that ignores the
 image (constant) and a random map both score 0.5, so it separates "sees the
 sounding object" from "points at salient things", which pointing and cIoU
-cannot when every object is salient.
+cannot when every object is salient. `peak_on_silent_object` says where a
+map's peak goes when pointing misses: to a silent object, or elsewhere
+(background, clutter, the border).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from soundloc_jax.evaluation.annotations import MAX_SILENT_OBJECTS
-from soundloc_jax.evaluation.protocol import _BLOCK
+from soundloc_jax.evaluation.protocol import _BLOCK, pointing_hits
 from soundloc_jax.evaluation.resize import resize_bilinear
 
 
@@ -80,3 +82,17 @@ def silent_object_scores(responses, sounding_maps, silent_maps, silent_valid=Non
     valid = silent_valid[a:b]
     out[a:b] = np.sum(wins * valid, axis=1) / np.sum(valid, axis=1)
   return out
+
+
+def peak_on_silent_object(responses, sounding_maps, silent_maps, silent_valid,
+                          size=None) -> np.ndarray:
+  """Per sample 1.0 if the peak of the response map (as `pointing_hits` finds
+  it) lies on a silent object's pixel and not on the sounding object's, else
+  0.0. With pointing, it splits the maps' peaks into sounding object / silent
+  object / elsewhere. Shapes as `silent_object_scores` with padded maps
+  (`silent_maps` `[N, K, S, S]`, `silent_valid` `[N, K]`); float64 `[N]`."""
+  silent = np.asarray(silent_maps, np.float32) * np.asarray(silent_valid, np.float32)[..., None,
+                                                                                      None]
+  on_silent = pointing_hits(responses, silent.max(axis=1), size=size)
+  on_sounding = pointing_hits(responses, sounding_maps, size=size)
+  return on_silent * (1.0 - on_sounding)
