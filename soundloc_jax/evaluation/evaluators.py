@@ -234,7 +234,7 @@ class SplitEvaluator:
                         f"available: {', '.join(available)}")
 
   def run(self, predict_fn) -> EvalResult:
-    outputs = self._collect(predict_fn, any(e.needs_features for e in self.evaluators))
+    outputs = self.collect(predict_fn, any(e.needs_features for e in self.evaluators))
     metrics, per_sample, summary = {}, {}, {}
     for evaluator in self.evaluators:
       scores = evaluator.score(outputs, self.config.eval)
@@ -246,7 +246,10 @@ class SplitEvaluator:
                       outputs.responses, outputs.gt_maps, summary, per_sample.get("ranks"),
                       outputs.audio)
 
-  def _collect(self, predict_fn, features: bool) -> SplitOutputs:
+  def collect(self, predict_fn, features: bool = False) -> SplitOutputs:
+    """The split's maps (and with `features` the model's features), gt maps
+    and silent-object maps, in the split's order; what `run` scores (also
+    for diagnostics, e.g. scripts/map_diagnostics.py)."""
     ev, ds = self.config.eval, self.config.dataset
     responses, gts, ids, visual, audio, silent, silent_valid = [], [], [], [], [], [], []
     for batch in input_pipeline.eval_batches(

@@ -1,0 +1,111 @@
+"""Where finished runs' maps peak, and which silent objects they prefer.
+
+  python scripts/map_diagnostics.py WORKDIR [WORKDIR ...] [--split=test]
+
+For each run (its latest checkpoint, its own config), on one annotated split:
+- **Border**: the fraction of images whose raw `h x w` map peaks on the map's
+  outer ring of cells, against the ring's share of cells and the fraction of
+  sounding boxes whose centre of mass lies there. A map drawn to the image
+  border (padding artefacts, which a mean-pooled objective does not
+  penalise) peaks on the ring far more often than the boxes lie there.
+- **Silent-object test by kind** (splits with `silent_groups` whose
+  dataset metadata lists `groups`, i.e. `stamps`): the test of
+  `evaluation.objects.silent_object_scores`, one score per (image, silent
+  object), grouped by the silent object's kind: a group seen sounding in
+  training, an unseen group, or a group that never sounds. On `test_unseen`
+  a model that learned its training groups rather than the link between a
+  new sound and a new object prefers seen-group silent objects (< 0.5).
+
+Used for the readings of docs/results.md#real-media-benchmark-stamps.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+
+def ring_mask(h: int, w: int) -> np.ndarray:
+  ring = np.zeros((h, w), bool)
+  ring[0, :] = ring[-1, :] = ring[:, 0] = ring[:, -1] = True
+  return ring
+
+
+def box_cells(gt_maps: np.ndarray, h: int, w: int) -> np.ndarray:
+  """`[N, 2]` (row, col) cell of each gt map's centre of mass on an h x w grid."""
+  gt = np.asarray(gt_maps, np.float64)
+  size_y, size_x = gt.shape[-2:]
+  mass = gt.sum(axis=(1, 2))
+  y = (gt.sum(axis=2) * np.arange(size_y)).sum(axis=1) / mass
+  x = (gt.sum(axis=1) * np.arange(size_x)).sum(axis=1) / mass
+  return np.stack([np.floor(y * h / size_y), np.floor(x * w / size_x)], axis=1).astype(int)
+
+
+def silent_scores_by_kind(outputs, kinds: list[list[str]], size: int) -> dict:
+  """`{kind: (mean, count)}` of the silent-object test per (image, silent
+  object); `kinds[i][k]` names the kind of image i's k-th silent object (in
+  the order of its `silent_boxes`)."""
+  from soundloc_jax.evaluation import objects
+  scores: dict = {}
+  for k in range(outputs.silent_maps.shape[1]):
+    rows = np.flatnonzero(outputs.silent_valid[:, k])
+    if not rows.size:
+      continue
+    won = objects.silent_object_scores(outputs.responses[rows], outputs.gt_maps[rows],
+                                       outputs.silent_maps[rows, k:k + 1],
+                                       outputs.silent_valid[rows, k:k + 1], size=size)
+    for i, score in zip(rows, won):
+      scores.setdefault(kinds[i][k], []).append(score)
+  return {kind: (float(np.mean(v)), len(v)) for kind, v in sorted(scores.items())}
+
+
+def silent_kinds(source) -> list[list[str]] | None:
+  groups = (source.dataset_info.metadata or {}).get("groups")
+  if not groups or "silent_groups" not in source.dataset_info.features:
+    return None
+  seen, unseen = set(groups["seen"]), set(groups["unseen"])
+  kinds = []
+  for i in range(len(source)):
+    names = source[i]["silent_groups"]
+    names = (names.decode() if isinstance(names, bytes) else str(names)).split("|")
+    kinds.append(["seen" if g in seen else "unseen" if g in unseen else "never sounds"
+                  for g in names if g])
+  return kinds
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("workdirs", nargs="+")
+  p.add_argument("--split", default="test")
+  args = p.parse_args(argv)
+  from soundloc_jax import checkpointing, data, state as state_lib, workdir as workdir_lib
+  from soundloc_jax.evaluation import evaluators
+  for workdir in args.workdirs:
+    config = workdir_lib.read_config(workdir)
+    name, data_dir = data.prepare_data(config)
+    graphdef, abstract = state_lib.create_model_state(config)
+    model, _, step = checkpointing.restore_checkpoint(f"{workdir}/checkpoints", config, abstract,
+                                                      source="the config")
+    predict = state_lib.make_predict_fn(graphdef)
+    source = data.open_source(name, args.split, data_dir)
+    outputs = evaluators.SplitEvaluator(args.split, source, config).collect(
+        lambda im, sp: predict(model["params"], model["batch_stats"], im, sp))
+    maps = outputs.responses
+    n, h, w = maps.shape
+    ring = ring_mask(h, w)
+    peaks = ring.reshape(-1)[maps.reshape(n, -1).argmax(axis=1)]
+    cells = box_cells(outputs.gt_maps, h, w)
+    print(f"{workdir} (step {step}, {args.split}, n={n}, {h}x{w} maps): peak on the outer ring "
+          f"{peaks.mean():.3f}; ring's share of cells {ring.mean():.3f}; sounding box centres "
+          f"on it {ring[cells[:, 0], cells[:, 1]].mean():.3f}", flush=True)
+    kinds = silent_kinds(source) if outputs.silent_maps is not None else None
+    if kinds is not None:
+      by_kind = silent_scores_by_kind(outputs, kinds, config.eval.size)
+      print("  silent-object test by the silent object's group: " + "; ".join(
+          f"{kind} {mean:.3f} (n={count})" for kind, (mean, count) in by_kind.items()),
+            flush=True)
+
+
+if __name__ == "__main__":
+  main()

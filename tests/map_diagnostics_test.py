@@ -1,0 +1,71 @@
+"""scripts/map_diagnostics.py: the outer ring of a map's cells, the cell of a
+box's centre of mass, and the silent-object test by kind, each against a loop."""
+import os
+import sys
+import types
+
+import numpy as np
+
+from soundloc_jax.evaluation import annotations, objects
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+try:
+  import map_diagnostics
+finally:
+  sys.path.pop(0)
+
+
+def test_ring_holds_exactly_the_border_cells():
+  ring = map_diagnostics.ring_mask(6, 6)
+  assert ring.sum() == 20 and not ring[1:-1, 1:-1].any() and ring[0].all() and ring[:, -1].all()
+
+
+def test_box_cells_are_the_cells_of_each_boxs_centre():
+  """Boxes on a 224 grid scored on a 6 x 6 map: a loop over boxes, from the
+  box coordinates themselves, gives the same cells."""
+  rng = np.random.default_rng(0)
+  boxes, maps = [], []
+  for _ in range(30):
+    x0, y0 = rng.integers(0, 200, 2)
+    box = [x0, y0, x0 + rng.integers(4, 24), y0 + rng.integers(4, 24)]
+    boxes.append(box)
+    maps.append(annotations.box_gt_map([box], size=224))
+  got = map_diagnostics.box_cells(np.stack(maps), 6, 6)
+  for (x0, y0, x1, y1), (row, col) in zip(boxes, got):
+    ys, xs = np.nonzero(annotations.box_gt_map([[x0, y0, x1, y1]], size=224))
+    assert (row, col) == (int(ys.mean() * 6 // 224), int(xs.mean() * 6 // 224))
+
+
+def test_silent_scores_by_kind_average_each_image_object_pair_of_a_kind():
+  """Images with 1-3 silent objects of random kinds: the per-kind means equal
+  a loop over (image, object) pairs of the definition (the sounding object's
+  mean heat above the silent one's; a tie counts 1/2)."""
+  rng = np.random.default_rng(2)
+  n, size = 25, 16
+
+  def box_map():
+    x0, y0 = rng.integers(0, size - 5, 2)
+    return annotations.box_gt_map([[x0, y0, x0 + rng.integers(2, 5), y0 + rng.integers(2, 5)]],
+                                  size=size)
+
+  responses = rng.normal(size=(n, 4, 4)).astype(np.float32)
+  responses[4] = 0.5  # a constant map: ties
+  sounding = np.stack([box_map() for _ in range(n)])
+  silent = [np.stack([box_map() for _ in range(rng.integers(1, 4))]) for _ in range(n)]
+  kinds = [list(rng.choice(["seen", "unseen", "never sounds"], size=len(s))) for s in silent]
+  maps, valid = objects.pad_silent_maps(silent)
+  outputs = types.SimpleNamespace(responses=responses, gt_maps=sounding, silent_maps=maps,
+                                  silent_valid=valid)
+  got = map_diagnostics.silent_scores_by_kind(outputs, kinds, size)
+  expected = {}
+  for i in range(n):
+    heat = np.asarray(objects.resize_bilinear(responses[i], size), np.float64)
+    ours = (heat * sounding[i]).sum() / sounding[i].sum()
+    for m, kind in zip(silent[i], kinds[i]):
+      theirs = (heat * m).sum() / m.sum()
+      expected.setdefault(kind, []).append(1.0 if ours > theirs else 0.5 if ours == theirs else 0.0)
+  assert set(got) == set(expected)
+  for kind, values in expected.items():
+    assert got[kind][1] == len(values)
+    assert abs(got[kind][0] - np.mean(values)) < 1e-12
