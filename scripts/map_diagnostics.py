@@ -79,18 +79,16 @@ def main(argv=None) -> None:
   p.add_argument("workdirs", nargs="+")
   p.add_argument("--split", default="test")
   args = p.parse_args(argv)
-  from soundloc_jax import checkpointing, data, state as state_lib, workdir as workdir_lib
+  from soundloc_jax import data, inference, state as state_lib
   from soundloc_jax.evaluation import evaluators
   for workdir in args.workdirs:
-    config = workdir_lib.read_config(workdir)
+    run = inference.load(workdir)
+    config, step = run.config, run.step
     name, data_dir = data.prepare_data(config)
-    graphdef, abstract = state_lib.create_model_state(config)
-    model, _, step = checkpointing.restore_checkpoint(f"{workdir}/checkpoints", config, abstract,
-                                                      source="the config")
-    predict = state_lib.make_predict_fn(graphdef)
+    predict = state_lib.make_predict_fn(run.graphdef)
     source = data.open_source(name, args.split, data_dir)
     outputs = evaluators.SplitEvaluator(args.split, source, config).collect(
-        lambda im, sp: predict(model["params"], model["batch_stats"], im, sp))
+        lambda im, sp: predict(run.params, run.batch_stats, im, sp))
     maps = outputs.responses
     n, h, w = maps.shape
     ring = ring_mask(h, w)

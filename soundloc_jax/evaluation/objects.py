@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from soundloc_jax.evaluation.annotations import MAX_SILENT_OBJECTS
-from soundloc_jax.evaluation.protocol import _BLOCK, pointing_hits
-from soundloc_jax.evaluation.resize import resize_bilinear
+from soundloc_jax.evaluation.protocol import _BLOCK, peak_indices
+from soundloc_jax.evaluation.resize import resize_bilinear, size_hw
 
 
 def pad_silent_maps(silent_maps) -> tuple[np.ndarray, np.ndarray]:
@@ -86,13 +86,25 @@ def silent_object_scores(responses, sounding_maps, silent_maps, silent_valid=Non
 
 def peak_on_silent_object(responses, sounding_maps, silent_maps, silent_valid,
                           size=None) -> np.ndarray:
-  """Per sample 1.0 if the peak of the response map (as `pointing_hits` finds
-  it) lies on a silent object's pixel and not on the sounding object's, else
-  0.0. With pointing, it splits the maps' peaks into sounding object / silent
-  object / elsewhere. Shapes as `silent_object_scores` with padded maps
-  (`silent_maps` `[N, K, S, S]`, `silent_valid` `[N, K]`); float64 `[N]`."""
-  silent = np.asarray(silent_maps, np.float32) * np.asarray(silent_valid, np.float32)[..., None,
-                                                                                      None]
-  on_silent = pointing_hits(responses, silent.max(axis=1), size=size)
-  on_sounding = pointing_hits(responses, sounding_maps, size=size)
-  return on_silent * (1.0 - on_sounding)
+  """Per sample 1.0 if the peak of the response map (`protocol.peak_indices`,
+  as pointing finds it) lies on a silent object's pixel and not on the
+  sounding object's, else 0.0. With pointing, it splits the maps' peaks into
+  sounding object / silent object / elsewhere. Shapes as
+  `silent_object_scores` with padded maps (`silent_maps` `[N, K, S, S]`,
+  `silent_valid` `[N, K]`); float64 `[N]`."""
+  sounding = np.asarray(sounding_maps)
+  silent = np.asarray(silent_maps)
+  n = len(sounding)
+  size = sounding.shape[-1] if size is None else size
+  if sounding.shape[-2:] != size_hw(size) or silent.shape[-2:] != size_hw(size):
+    raise ValueError(f"maps resized to {size} do not match object maps {sounding.shape[-2:]} / "
+                     f"{silent.shape[-2:]}")
+  peaks = peak_indices(responses, size)
+  if len(peaks) != n or len(silent) != n:
+    raise ValueError(f"{len(peaks)} response maps but {n} sounding and {len(silent)} silent "
+                     "map sets")
+  rows = np.arange(n)
+  on_sounding = sounding.reshape(n, -1)[rows, peaks] > 0
+  on_silent = (silent.reshape(n, silent.shape[1], -1)[rows, :, peaks] > 0) & np.asarray(
+      silent_valid, bool)
+  return (on_silent.any(axis=1) & ~on_sounding).astype(np.float64)

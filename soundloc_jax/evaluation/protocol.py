@@ -394,31 +394,39 @@ def score_maps(responses, gt_maps, protocol="median", size=None,
   return out
 
 
-def pointing_hits(responses, gt_maps, size=None, block_size=_BLOCK) -> np.ndarray:
-  """Pointing game (Zhang et al., 2016): per sample 1.0 if the peak of the
-  response map, bilinearly resized to the gt maps' size `S` (as the protocol
-  resizes it), lies on an annotated pixel (gt > 0), else 0.0; the first peak
-  in row-major order wins a tie. Not part of either paper's protocol: it
-  scores WHERE a map points, whatever the extent of its hot region, which
-  cIoU scores as well. `responses` `[N, h, w]`, `gt_maps` `[N, S, S]`;
-  float64 `[N]`."""
+def peak_indices(responses, size, block_size=_BLOCK) -> np.ndarray:
+  """Per map, the row-major index of the maximum of the response map
+  bilinearly resized to `size` (as the protocol resizes it); the first
+  maximum wins a tie. Resized in blocks of `block_size` maps to bound memory.
+  `responses` `[N, h, w]` (or one `[h, w]`); int64 `[N]`."""
   resp = np.asarray(responses, dtype=np.float32)
   if resp.ndim == 2:
     resp = resp[None]
   n = resp.shape[0]
+  out = np.empty((n,), np.int64)
+  for a in range(0, n, max(int(block_size), 1)):
+    b = min(a + block_size, n)
+    out[a:b] = resize_bilinear(resp[a:b], size).reshape(b - a, -1).argmax(axis=1)
+  return out
+
+
+def pointing_hits(responses, gt_maps, size=None, block_size=_BLOCK) -> np.ndarray:
+  """Pointing game (Zhang et al., 2016): per sample 1.0 if the peak of the
+  response map (`peak_indices`: bilinearly resized to the gt maps' size `S`,
+  the first peak in row-major order on a tie) lies on an annotated pixel
+  (gt > 0), else 0.0. Not part of either paper's protocol: it scores WHERE a
+  map points, whatever the extent of its hot region, which cIoU scores as
+  well. `responses` `[N, h, w]`, `gt_maps` `[N, S, S]`; float64 `[N]`."""
+  n = len(responses) if np.ndim(responses) == 3 else 1
   if len(gt_maps) != n:
     raise ValueError(f"{n} response maps but {len(gt_maps)} gt maps")
   if size is None:
     size = np.asarray(gt_maps[0]).shape[-1]
-  out = np.empty((n,), np.float64)
-  for a in range(0, n, max(int(block_size), 1)):
-    b = min(a + block_size, n)
-    peaks = resize_bilinear(resp[a:b], size).reshape(b - a, -1).argmax(axis=1)
-    gt = np.asarray(gt_maps[a:b]).reshape(b - a, -1)
-    if gt.shape[1] != size_hw(size)[0] * size_hw(size)[1]:
-      raise ValueError(f"maps resized to {size} do not match gt maps {np.shape(gt_maps[a])}")
-    out[a:b] = gt[np.arange(b - a), peaks] > 0
-  return out
+  if np.size(gt_maps[0]) != size_hw(size)[0] * size_hw(size)[1]:
+    raise ValueError(f"maps resized to {size} do not match gt maps {np.shape(gt_maps[0])}")
+  peaks = peak_indices(responses, size, block_size)
+  gt = np.asarray(gt_maps).reshape(n, -1)
+  return (gt[np.arange(n), peaks] > 0).astype(np.float64)
 
 
 def mean_ci95(values, n_bootstrap=1000, seed=0) -> tuple[float, float, float]:
