@@ -77,3 +77,61 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   params = nnx.state(model, nnx.Param)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   assert np.all(np.isfinite(out["response"]))
+
+
+def _reflect_conv_reference(x, kernel, stride):
+  """Loop reference of a reflect-padded convolution: `x` [H, W, Cin], `kernel`
+  [k, k, Cin, Cout]; each tap outside the image reads the pixel mirrored at
+  the edge (index -i, or 2(n-1) - i), the edge pixel itself not repeated."""
+  k = kernel.shape[0]
+  pad = k // 2
+  h, w = x.shape[:2]
+
+  def mirror(i, n):
+    return -i if i < 0 else 2 * (n - 1) - i if i >= n else i
+
+  out_h = (h + 2 * pad - k) // stride + 1
+  out_w = (w + 2 * pad - k) // stride + 1
+  out = np.zeros((out_h, out_w, kernel.shape[-1]))
+  for oy in range(out_h):
+    for ox in range(out_w):
+      for dy in range(k):
+        for dx in range(k):
+          y = mirror(oy * stride - pad + dy, h)
+          xx = mirror(ox * stride - pad + dx, w)
+          out[oy, ox] += x[y, xx] @ kernel[dy, dx]
+  return out
+
+
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (7, 2)])
+def test_reflect_padding_matches_a_loop_reference(kernel, stride):
+  conv = resnet._conv(2, 3, kernel, stride, jnp.float32, nnx.Rngs(0), padding="reflect")
+  x = np.random.default_rng(0).normal(size=(1, 9, 8, 2)).astype(np.float32)
+  expected = _reflect_conv_reference(x[0].astype(np.float64), np.asarray(conv.kernel[...]), stride)
+  np.testing.assert_allclose(np.asarray(conv(jnp.asarray(x)))[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_reflect_padding_gives_no_edge_signal():
+  # A uniform image has no edges: with reflect padding every cell of the
+  # map sees the same input and gets the same features; with zero padding
+  # the border cells differ (the padding marks the image edge).
+  image = jnp.full((2, 96, 96, 3), 120, jnp.uint8)
+  maps = {}
+  for padding in resnet.PADDINGS:
+    model = av_model.AVModel(width=4, visual_padding=padding, rngs=nnx.Rngs(0))
+    model.eval()
+    features = np.asarray(model.visual(av_model.normalize_image(image)))
+    maps[padding] = np.abs(features - features[:, 3:4, 3:4]).max()
+  assert maps["reflect"] < 1e-5
+  assert maps["zeros"] > 1e-2
+  # Same parameters either way, so weights port between the two.
+  shapes = [jax.tree.map(np.shape, nnx.state(resnet.ResNet18(3, width=4, padding=p,
+                                                             rngs=nnx.Rngs(0)), nnx.Param))
+            for p in resnet.PADDINGS]
+  assert shapes[0] == shapes[1]
+
+
+def test_unknown_visual_padding_names_the_key():
+  from soundloc_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match="config.model.visual_padding.*'circular'"):
+    av_model.AVModel(width=4, visual_padding="circular", rngs=nnx.Rngs(0))

@@ -98,6 +98,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # The released LVS model (configs/lvs_released.py) uses 1 and "max".
   c.model.audio_layer4_stride = 2
   c.model.audio_pool = "mean"        # spatial pooling of the audio map: "mean" | "max"
+  # How the visual convolutions pad: "zeros" (torch's) | "reflect" (no edge
+  # signal for the map's border cells; models/resnet.py, docs/results.md).
+  c.model.visual_padding = "zeros"
   # Start the visual stream from this directory, written by
   # `python -m soundloc_jax.tools.import_torchvision_resnet18` (ImageNet
   # ResNet-18 in the papers; needs model.width = its width, 64). "" = random.

@@ -16,7 +16,9 @@ and returns a dict of float32 arrays:
     `methods.icl.normalize_response` and the evaluator apply where needed).
 
 BatchNorm follows `model.train()` / `model.eval()`. Both streams are
-ResNet-18 (`models.resnet`); d = 8 * width.
+ResNet-18 (`models.resnet`); d = 8 * width. `visual_padding` is the visual
+stream's convolution padding (`models.resnet.PADDINGS`); the audio stream
+always pads with zeros.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from soundloc_jax.errors import ConfigError
-from soundloc_jax.models.resnet import ResNet18
+from soundloc_jax.models.resnet import PADDINGS, ResNet18
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,11 +52,16 @@ class AVModel(nnx.Module):
   """Visual ResNet-18 (feature map) + audio ResNet-18 (pooled embedding)."""
 
   def __init__(self, *, width: int = 64, layer4_stride: int = 1, audio_layer4_stride: int = 2,
-               audio_pool: str = "mean", dtype=jnp.float32, rngs: nnx.Rngs):
+               audio_pool: str = "mean", visual_padding: str = "zeros", dtype=jnp.float32,
+               rngs: nnx.Rngs):
     if audio_pool not in AUDIO_POOLS:
       raise ConfigError(f"config.model.audio_pool: unknown {audio_pool!r}; available: "
                         f"{', '.join(AUDIO_POOLS)}")
-    self.visual = ResNet18(3, width=width, layer4_stride=layer4_stride, dtype=dtype, rngs=rngs)
+    if visual_padding not in PADDINGS:
+      raise ConfigError(f"config.model.visual_padding: unknown {visual_padding!r}; available: "
+                        f"{', '.join(PADDINGS)}")
+    self.visual = ResNet18(3, width=width, layer4_stride=layer4_stride, padding=visual_padding,
+                           dtype=dtype, rngs=rngs)
     self.audio = ResNet18(1, width=width, layer4_stride=audio_layer4_stride, dtype=dtype,
                           rngs=rngs)
     self.audio_pool = audio_pool
@@ -70,9 +77,10 @@ class AVModel(nnx.Module):
 
 def build_model(model_config, seed: int = 0) -> AVModel:
   """AVModel from `config.model` (width, layer4_stride, audio_layer4_stride,
-  audio_pool, compute_dtype; a config.json written before a field existed gets
+  audio_pool, visual_padding, compute_dtype; a config.json written before a field existed gets
   its default from `workdir.read_config`)."""
   return AVModel(width=model_config.width, layer4_stride=model_config.layer4_stride,
                  audio_layer4_stride=model_config.audio_layer4_stride,
                  audio_pool=model_config.audio_pool,
+                 visual_padding=model_config.visual_padding,
                  dtype=jnp.dtype(model_config.compute_dtype), rngs=nnx.Rngs(seed))

@@ -10,6 +10,13 @@ torchvision (`conv1`, `bn1`, `layer1.0.conv1`, `downsample_conv`, ...).
 
 `width` is the base channel count (64 in the papers; the demo uses a narrow
 network); `dtype` is the compute dtype (params stay float32).
+
+`padding` is how every convolution pads its input: "zeros" (torch's, the
+default) or "reflect" (the input mirrored at its edge, without repeating the
+edge pixel, as torch's `padding_mode="reflect"`). Zero padding tells a deep
+layer where the image edge is: on a 6x6 map every cell's receptive field
+reaches past it, the outer ring's the most. The max-pool keeps its -inf
+padding (it adds no values). The parameters are the same in both modes.
 """
 
 from __future__ import annotations
@@ -20,12 +27,28 @@ from flax import nnx
 
 # torchvision initialises convolutions with kaiming_normal(fan_out, relu).
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+PADDINGS = ("zeros", "reflect")
 
 
-def _conv(cin, cout, kernel, stride, dtype, rngs):
+class _ReflectConv(nnx.Conv):
+  """An unpadded convolution applied to its input reflect-padded by `pad`
+  (NHWC); its parameters are nnx.Conv's, under the same names."""
+
+  def __init__(self, *args, pad: int, **kwargs):
+    super().__init__(*args, padding="VALID", **kwargs)
+    self.pad = pad
+
+  def __call__(self, x):
+    p = self.pad
+    return super().__call__(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect"))
+
+
+def _conv(cin, cout, kernel, stride, dtype, rngs, padding="zeros"):
   pad = kernel // 2
-  return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-                  use_bias=False, dtype=dtype, kernel_init=_conv_init, rngs=rngs)
+  kwargs = dict(strides=stride, use_bias=False, dtype=dtype, kernel_init=_conv_init, rngs=rngs)
+  if padding == "reflect" and pad:
+    return _ReflectConv(cin, cout, (kernel, kernel), pad=pad, **kwargs)
+  return nnx.Conv(cin, cout, (kernel, kernel), padding=((pad, pad), (pad, pad)), **kwargs)
 
 
 def _bn(channels, dtype, rngs):
@@ -35,10 +58,11 @@ def _bn(channels, dtype, rngs):
 class BasicBlock(nnx.Module):
   """Two 3x3 convolutions with a residual; 1x1 projection when the shape changes."""
 
-  def __init__(self, cin: int, cout: int, stride: int, *, dtype, rngs: nnx.Rngs):
-    self.conv1 = _conv(cin, cout, 3, stride, dtype, rngs)
+  def __init__(self, cin: int, cout: int, stride: int, *, dtype, rngs: nnx.Rngs,
+               padding: str = "zeros"):
+    self.conv1 = _conv(cin, cout, 3, stride, dtype, rngs, padding)
     self.bn1 = _bn(cout, dtype, rngs)
-    self.conv2 = _conv(cout, cout, 3, 1, dtype, rngs)
+    self.conv2 = _conv(cout, cout, 3, 1, dtype, rngs, padding)
     self.bn2 = _bn(cout, dtype, rngs)
     if stride != 1 or cin != cout:
       self.downsample_conv = _conv(cin, cout, 1, stride, dtype, rngs)
@@ -60,18 +84,21 @@ class ResNet18(nnx.Module):
   """ResNet-18 trunk without the classifier: returns the layer4 feature map."""
 
   def __init__(self, in_channels: int, *, width: int = 64, layer4_stride: int = 2,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               padding: str = "zeros", dtype=jnp.float32, rngs: nnx.Rngs):
+    if padding not in PADDINGS:
+      raise ValueError(f"ResNet18: unknown padding {padding!r}; available: {', '.join(PADDINGS)}")
     self.dtype = dtype
-    self.conv1 = nnx.Conv(in_channels, width, (7, 7), strides=2, padding=((3, 3), (3, 3)),
-                          use_bias=False, dtype=dtype, kernel_init=_conv_init, rngs=rngs)
+    self.conv1 = _conv(in_channels, width, 7, 2, dtype, rngs, padding)
     self.bn1 = _bn(width, dtype, rngs)
     widths = (width, 2 * width, 4 * width, 8 * width)
     strides = (1, 2, 2, layer4_stride)
     layers = []
     cin = width
     for cout, stride in zip(widths, strides):
-      layers.append(nnx.List([BasicBlock(cin, cout, stride, dtype=dtype, rngs=rngs),
-                              BasicBlock(cout, cout, 1, dtype=dtype, rngs=rngs)]))
+      layers.append(nnx.List([BasicBlock(cin, cout, stride, dtype=dtype, rngs=rngs,
+                                         padding=padding),
+                              BasicBlock(cout, cout, 1, dtype=dtype, rngs=rngs,
+                                         padding=padding)]))
       cin = cout
     self.layers = nnx.List(layers)
     self.out_channels = widths[-1]
