@@ -7,7 +7,12 @@ For each run (its latest checkpoint, its own config), on one annotated split:
   outer ring of cells, against the ring's share of cells and the fraction of
   sounding boxes whose centre of mass lies there. A map drawn to the image
   border (padding artefacts, which a mean-pooled objective does not
-  penalise) peaks on the ring far more often than the boxes lie there.
+  penalise) peaks on the ring far more often than the boxes lie there. Then
+  the pointing game with the ring ignored (`interior_maps`: the peak taken
+  among the inner cells only), with its 95% bootstrap interval: whether the
+  inner cells point at the sounding object even where the ring wins. This is
+  a diagnostic, not a score: it uses the knowledge that boxes rarely touch
+  the border (the centre guess keeps its pointing under it).
 - **Silent-object test by kind** (splits with `silent_groups` whose
   dataset metadata lists `groups`, i.e. `stamps`): the test of
   `evaluation.objects.silent_object_scores`, one score per (image, silent
@@ -30,6 +35,15 @@ def ring_mask(h: int, w: int) -> np.ndarray:
   ring = np.zeros((h, w), bool)
   ring[0, :] = ring[-1, :] = ring[:, 0] = ring[:, -1] = True
   return ring
+
+
+def interior_maps(maps: np.ndarray) -> np.ndarray:
+  """`maps` [N, h, w] with each map's outer ring set 1 below its minimum, so
+  its peak (resized or not) falls in the inner cells."""
+  maps = np.array(maps, np.float32)
+  ring = ring_mask(*maps.shape[1:])
+  maps[:, ring] = maps.reshape(len(maps), -1).min(axis=1)[:, None] - 1.0
+  return maps
 
 
 def box_cells(gt_maps: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -80,7 +94,7 @@ def main(argv=None) -> None:
   p.add_argument("--split", default="test")
   args = p.parse_args(argv)
   from soundloc_jax import data, inference, state as state_lib
-  from soundloc_jax.evaluation import evaluators
+  from soundloc_jax.evaluation import evaluators, protocol
   for workdir in args.workdirs:
     run = inference.load(workdir)
     config, step = run.config, run.step
@@ -97,6 +111,9 @@ def main(argv=None) -> None:
     print(f"{workdir} (step {step}, {args.split}, n={n}, {h}x{w} maps): peak on the outer ring "
           f"{peaks.mean():.3f}; ring's share of cells {ring.mean():.3f}; sounding box centres "
           f"on it {ring[cells[:, 0], cells[:, 1]].mean():.3f}", flush=True)
+    hits = protocol.pointing_hits(interior_maps(maps), outputs.gt_maps, size=config.eval.size)
+    mean, lo, hi = protocol.mean_ci95(hits)
+    print(f"  pointing with the outer ring ignored {mean:.3f} [{lo:.3f}, {hi:.3f}]", flush=True)
     kinds = silent_kinds(source) if outputs.silent_maps is not None else None
     if kinds is not None:
       by_kind = silent_scores_by_kind(outputs, kinds, config.eval.size)

@@ -21,6 +21,28 @@ def test_ring_holds_exactly_the_border_cells():
   assert ring.sum() == 20 and not ring[1:-1, 1:-1].any() and ring[0].all() and ring[:, -1].all()
 
 
+def test_interior_maps_peak_on_the_best_inner_cell():
+  """After resizing to 224 the peak of each interior map lies in the pixels of
+  its best inner cell (a loop over cells); maps whose peak is already inside
+  keep their pointing result."""
+  from soundloc_jax.evaluation import protocol
+  rng = np.random.default_rng(1)
+  maps = rng.normal(size=(40, 6, 6)).astype(np.float32)
+  maps[:20, 0, 0] = 9.0  # the ring wins on half of them, an inner cell on the rest
+  maps[20:, 2, 3] = 9.0
+  inner = map_diagnostics.interior_maps(maps)
+  peaks = protocol.peak_indices(inner, 224)
+  for m, peak in zip(maps, peaks):
+    best = max(((r, c) for r in range(1, 5) for c in range(1, 5)), key=lambda rc: m[rc])
+    row, col = divmod(int(peak), 224)
+    assert (row * 6 // 224, col * 6 // 224) == best
+  gt = np.stack([annotations.box_gt_map([[80, 80, 150, 150]], size=224)] * 40)
+  inside = ~map_diagnostics.ring_mask(6, 6).reshape(-1)[maps.reshape(40, -1).argmax(axis=1)]
+  assert inside.sum() == 20
+  np.testing.assert_array_equal(protocol.pointing_hits(inner, gt)[inside],
+                                protocol.pointing_hits(maps, gt)[inside])
+
+
 def test_box_cells_are_the_cells_of_each_boxs_centre():
   """Boxes on a 224 grid scored on a 6 x 6 map: a loop over boxes, from the
   box coordinates themselves, gives the same cells."""
