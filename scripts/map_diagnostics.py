@@ -12,7 +12,11 @@ For each run (its latest checkpoint, its own config), on one annotated split:
   among the inner cells only), with its 95% bootstrap interval: whether the
   inner cells point at the sounding object even where the ring wins. This is
   a diagnostic, not a score: it uses the knowledge that boxes rarely touch
-  the border (the centre guess keeps its pointing under it).
+  the border (the centre guess keeps its pointing under it). Last, whether
+  the peak is merely the image's most typical patch: each patch's cosine
+  with the image's mean feature phi(V) (`mean_feature_similarity`), on the
+  ring against the inner cells, and how often the map's peak is the cell
+  most similar to phi(V).
 - **Silent-object test by kind** (splits with `silent_groups` whose
   dataset metadata lists `groups`, i.e. `stamps`): the test of
   `evaluation.objects.silent_object_scores`, one score per (image, silent
@@ -44,6 +48,16 @@ def interior_maps(maps: np.ndarray) -> np.ndarray:
   ring = ring_mask(*maps.shape[1:])
   maps[:, ring] = maps.reshape(len(maps), -1).min(axis=1)[:, None] - 1.0
   return maps
+
+
+def mean_feature_similarity(visual: np.ndarray) -> np.ndarray:
+  """`[N, h, w]` cosine of each patch feature of `visual` [N, h, w, d] with
+  its image's mean patch feature phi(V)."""
+  v = np.asarray(visual, np.float64)
+  mean = v.mean(axis=(1, 2))
+  mean /= np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+  norms = np.maximum(np.linalg.norm(v, axis=-1), 1e-12)
+  return np.einsum("nhwd,nd->nhw", v, mean) / norms
 
 
 def box_cells(gt_maps: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -99,10 +113,10 @@ def main(argv=None) -> None:
     run = inference.load(workdir)
     config, step = run.config, run.step
     name, data_dir = data.prepare_data(config)
-    predict = state_lib.make_predict_fn(run.graphdef)
+    predict = state_lib.make_predict_fn(run.graphdef, outputs="all")
     source = data.open_source(name, args.split, data_dir)
     outputs = evaluators.SplitEvaluator(args.split, source, config).collect(
-        lambda im, sp: predict(run.params, run.batch_stats, im, sp))
+        lambda im, sp: predict(run.params, run.batch_stats, im, sp), features=True)
     maps = outputs.responses
     n, h, w = maps.shape
     ring = ring_mask(h, w)
@@ -114,6 +128,11 @@ def main(argv=None) -> None:
     hits = protocol.pointing_hits(interior_maps(maps), outputs.gt_maps, size=config.eval.size)
     mean, lo, hi = protocol.mean_ci95(hits)
     print(f"  pointing with the outer ring ignored {mean:.3f} [{lo:.3f}, {hi:.3f}]", flush=True)
+    typical = mean_feature_similarity(outputs.visual).reshape(n, -1)
+    same = (typical.argmax(axis=1) == maps.reshape(n, -1).argmax(axis=1)).mean()
+    print(f"  cosine with the image's mean feature: ring cells {typical[:, ring.reshape(-1)].mean():.3f}"
+          f", inner cells {typical[:, ~ring.reshape(-1)].mean():.3f}; the map peaks on the most "
+          f"typical cell in {same:.3f}", flush=True)
     kinds = silent_kinds(source) if outputs.silent_maps is not None else None
     if kinds is not None:
       by_kind = silent_scores_by_kind(outputs, kinds, config.eval.size)

@@ -1,4 +1,5 @@
-"""scripts/map_diagnostics.py: the outer ring of a map's cells, the cell of a
+"""scripts/map_diagnostics.py: the outer ring of a map's cells, the interior
+peak, each patch's similarity to its image's mean feature, the cell of a
 box's centre of mass, and the silent-object test by kind, each against a loop."""
 import os
 import sys
@@ -41,6 +42,18 @@ def test_interior_maps_peak_on_the_best_inner_cell():
   assert inside.sum() == 20
   np.testing.assert_array_equal(protocol.pointing_hits(inner, gt)[inside],
                                 protocol.pointing_hits(maps, gt)[inside])
+
+
+def test_mean_feature_similarity_is_each_patch_cosine_with_its_image_mean():
+  rng = np.random.default_rng(3)
+  visual = rng.normal(size=(3, 4, 5, 6))
+  got = map_diagnostics.mean_feature_similarity(visual)
+  for i in range(3):
+    mean = visual[i].reshape(-1, 6).mean(axis=0)
+    for r in range(4):
+      for c in range(5):
+        v = visual[i, r, c]
+        assert abs(got[i, r, c] - v @ mean / np.linalg.norm(v) / np.linalg.norm(mean)) < 1e-12
 
 
 def test_box_cells_are_the_cells_of_each_boxs_centre():
