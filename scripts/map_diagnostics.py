@@ -6,8 +6,8 @@ For each run (its latest checkpoint, its own config), on one annotated split:
 - **Border**: the fraction of images whose raw `h x w` map peaks on the map's
   outer ring of cells, against the ring's share of cells and the fraction of
   sounding boxes whose centre of mass lies there. A map drawn to the image
-  border (padding artefacts, which a mean-pooled objective does not
-  penalise) peaks on the ring far more often than the boxes lie there. Then
+  border peaks on the ring far more often than the boxes lie there (ICL's
+  do on stamps, with zero or reflect padding: docs/results.md). Then
   the pointing game with the ring ignored (`interior_maps`: the peak taken
   among the inner cells only), with its 95% bootstrap interval: whether the
   inner cells point at the sounding object even where the ring wins. This is
