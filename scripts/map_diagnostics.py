@@ -120,18 +120,19 @@ def main(argv=None) -> None:
     maps = outputs.responses
     n, h, w = maps.shape
     ring = ring_mask(h, w)
-    peaks = ring.reshape(-1)[maps.reshape(n, -1).argmax(axis=1)]
+    flat_ring = ring.reshape(-1)
+    peak_cells = maps.reshape(n, -1).argmax(axis=1)
     cells = box_cells(outputs.gt_maps, h, w)
     print(f"{workdir} (step {step}, {args.split}, n={n}, {h}x{w} maps): peak on the outer ring "
-          f"{peaks.mean():.3f}; ring's share of cells {ring.mean():.3f}; sounding box centres "
+          f"{flat_ring[peak_cells].mean():.3f}; ring's share of cells {ring.mean():.3f}; sounding box centres "
           f"on it {ring[cells[:, 0], cells[:, 1]].mean():.3f}", flush=True)
     hits = protocol.pointing_hits(interior_maps(maps), outputs.gt_maps, size=config.eval.size)
     mean, lo, hi = protocol.mean_ci95(hits)
     print(f"  pointing with the outer ring ignored {mean:.3f} [{lo:.3f}, {hi:.3f}]", flush=True)
     typical = mean_feature_similarity(outputs.visual).reshape(n, -1)
-    same = (typical.argmax(axis=1) == maps.reshape(n, -1).argmax(axis=1)).mean()
-    print(f"  cosine with the image's mean feature: ring cells {typical[:, ring.reshape(-1)].mean():.3f}"
-          f", inner cells {typical[:, ~ring.reshape(-1)].mean():.3f}; the map peaks on the most "
+    same = (typical.argmax(axis=1) == peak_cells).mean()
+    print(f"  cosine with the image's mean feature: ring cells {typical[:, flat_ring].mean():.3f}"
+          f", inner cells {typical[:, ~flat_ring].mean():.3f}; the map peaks on the most "
           f"typical cell in {same:.3f}", flush=True)
     kinds = silent_kinds(source) if outputs.silent_maps is not None else None
     if kinds is not None:
