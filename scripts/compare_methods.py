@@ -95,9 +95,16 @@ METHODS["centre"] = (None, None, "centre guess (Gaussian, sigma = side / 4)", ()
 # (`model.init_from`, both streams; fresh optimizer and step) and trained for
 # as many epochs again; `lvs_vanilla_init` is that baseline trained on.
 INIT_FROM = "lvs_vanilla"
+# ICL rows from Vanilla-LVS iterate from the first step, with that run itself as
+# the first teacher (no Eq. 3 epochs, no guard): they ask whether Eq. 4-7 keep a
+# map that already localizes, as the paper's ImageNet-initialised start does.
+_ICL_FROM_TEACHER = ("--config.method.init_epochs=0", "--config.method.teacher_guard=False")
 for _name in ["lvs_vanilla"] + [f"{p}_{a}" for p in ("hp", "hpb", "rhp")
-                                for a in ("audio", "image", "both")]:
+                                for a in ("audio", "image", "both")] + [
+                                    f"icl_{r}" for r in ("initial", "itr", "full")]:
   _config, _baseline, _description, _flags = METHODS[_name]
+  if _name.startswith("icl_"):
+    _flags = _flags + _ICL_FROM_TEACHER
   METHODS[f"{_name}_init"] = (_config, _baseline, _description + ", from Vanilla-LVS", _flags)
 
 

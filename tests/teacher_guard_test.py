@@ -77,6 +77,10 @@ def test_schedule_starts_after_the_first_ready_epoch_and_keeps_it():
   assert methods.TeacherSchedule.from_meta(method, cfg, {"teacher_from_epoch": -1}).started_at \
       is None
   assert methods.TeacherSchedule.from_meta(method, cfg, {"step": 40}).started_at == 2
+  # Guard switched off in the config: due at init_epochs, epoch 0 included.
+  off = methods.TeacherSchedule.from_meta(method, _method_cfg(init_epochs=0, teacher_guard=False),
+                                          {})
+  assert off.active(0) and off.meta() == {"teacher_from_epoch": 0}
   unguarded = methods.Method("plain", None, teacher_active=lambda epoch, cfg: epoch >= 1)
   plain = methods.TeacherSchedule.from_meta(unguarded, cfg, {})
   assert plain.after_validation(0, {}, None) is None and plain.active(1) and not plain.active(0)

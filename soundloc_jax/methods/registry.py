@@ -64,8 +64,13 @@ class TeacherSchedule:
   @classmethod
   def from_meta(cls, method: Method, cfg, meta: dict) -> "TeacherSchedule":
     """The schedule of a run resumed with checkpoint `meta` ({} for a fresh
-    run). A checkpoint from before the guard existed started at `init_epochs`."""
-    started = meta.get("teacher_from_epoch", cfg.get("init_epochs", 0) if meta else -1)
+    run). A checkpoint from before the guard existed started at `init_epochs`,
+    and so does a fresh run with the guard off (`cfg.teacher_guard=False`), at
+    epoch 0 too when `init_epochs` is 0: its first teacher is the model it
+    starts from (e.g. `model.init_from`)."""
+    guarded = method.teacher_guard is not None and cfg.get("teacher_guard", True)
+    started = meta.get("teacher_from_epoch",
+                       cfg.get("init_epochs", 0) if meta or not guarded else -1)
     return cls(method, cfg, None if started is None or started < 0 else int(started))
 
   def active(self, epoch: int) -> bool:
