@@ -130,3 +130,13 @@ def test_guard_thresholds_and_validation_retrieval_are_checked(demo_data_dir, tm
                                                       "evals.validation": ("localization",)})
   with pytest.raises(errors.ConfigError, match="add 'retrieval' to config.evals.validation"):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_without_the_guard_init_epochs_0_iterates_from_the_first_step(demo_data_dir, tmp_path):
+  """The first teacher is the model the run starts from (the copy made at
+  step 0), so a run with `init_epochs=0` and no guard uses it from step 1."""
+  overrides = {"num_epochs": 1, "method.init_epochs": 0, "method.teacher_guard": False}
+  train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=8, **overrides),
+                           str(tmp_path / "run"))
+  flags = _teacher_flags(tmp_path / "run")
+  assert flags and all(flags.values())
