@@ -99,7 +99,7 @@ METHODS["centre"] = (None, None, "centre guess (Gaussian, sigma = side / 4)", ()
 INIT_FROM = "lvs_vanilla"
 # ICL rows from Vanilla-LVS iterate from the first step, with that run itself as
 # the first teacher (no Eq. 3 epochs, no guard): they ask whether Eq. 4-7 keep a
-# map that already localizes, as the paper's ImageNet-initialised start does.
+# map that already localizes (a stand-in for the paper's ImageNet start).
 _ICL_FROM_TEACHER = ("--config.method.init_epochs=0", "--config.method.teacher_guard=False")
 for _name in ["lvs_vanilla"] + [f"{p}_{a}" for p in ("hp", "hpb", "rhp")
                                 for a in ("audio", "image", "both")] + [
