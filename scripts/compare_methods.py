@@ -28,9 +28,9 @@ does the same). LVS-style rows use `negative_pooling=masked` (see
 `MASKED`). Rows ending in `_init` start from the Vanilla-LVS row's run of
 the same seed (`model.init_from`) and train `--epochs` more; the ICL ones
 (`icl_initial_init`, `icl_itr_init`, `icl_full_init`) iterate from the first
-step with that run as their first teacher (`init_epochs=0`, no guard). A finished run (its `eval/test/metrics.json` exists) is not
-run again, and an interrupted one resumes, so rerunning the same command
-finishes the table. The table reports, per method, the mean and the spread
+step with that run as their first teacher (`init_epochs=0`, no guard). A
+finished run (its `eval/test/metrics.json` exists) is not run again, and an
+interrupted one resumes, so rerunning the same command finishes the table. The table reports, per method, the mean and the spread
 (min..max over seeds) of the test cIoU@0.5 and AUC of the demo's headline
 protocol (fixed threshold, `configs/default.py`), the mean of the per-seed
 95% bootstrap intervals of cIoU, the median-protocol (LVS) numbers and the

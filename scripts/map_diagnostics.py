@@ -124,8 +124,8 @@ def main(argv=None) -> None:
     peak_cells = maps.reshape(n, -1).argmax(axis=1)
     cells = box_cells(outputs.gt_maps, h, w)
     print(f"{workdir} (step {step}, {args.split}, n={n}, {h}x{w} maps): peak on the outer ring "
-          f"{flat_ring[peak_cells].mean():.3f}; ring's share of cells {ring.mean():.3f}; sounding box centres "
-          f"on it {ring[cells[:, 0], cells[:, 1]].mean():.3f}", flush=True)
+          f"{flat_ring[peak_cells].mean():.3f}; ring's share of cells {ring.mean():.3f}; "
+          f"sounding box centres on it {ring[cells[:, 0], cells[:, 1]].mean():.3f}", flush=True)
     hits = protocol.pointing_hits(interior_maps(maps), outputs.gt_maps, size=config.eval.size)
     mean, lo, hi = protocol.mean_ci95(hits)
     print(f"  pointing with the outer ring ignored {mean:.3f} [{lo:.3f}, {hi:.3f}]", flush=True)
