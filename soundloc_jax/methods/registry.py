@@ -68,9 +68,9 @@ class TeacherSchedule:
     and so does a fresh run with the guard off (`cfg.teacher_guard=False`), at
     epoch 0 too when `init_epochs` is 0: its first teacher is the model it
     starts from (e.g. `model.init_from`)."""
-    guarded = method.teacher_guard is not None and cfg.get("teacher_guard", True)
+    guard_off = method.teacher_guard is not None and not cfg.get("teacher_guard", True)
     started = meta.get("teacher_from_epoch",
-                       cfg.get("init_epochs", 0) if meta or not guarded else -1)
+                       cfg.get("init_epochs", 0) if meta or guard_off else -1)
     return cls(method, cfg, None if started is None or started < 0 else int(started))
 
   def active(self, epoch: int) -> bool:
