@@ -3,7 +3,8 @@ demo on first use, opening splits, and checking them against the config.
 
 `prepare_data(config)` -> `(name, data_dir)`: `config.dataset.data_dir` (""
 = $SOUNDLOC_DATA_DIR or ~/tensorflow_datasets) and the TFDS name, the demo's
-config made explicit (`av_digits` -> `av_digits/full`) and the demo built
+config made explicit (`av_digits` -> `av_digits/full`; any dataset with
+configs built in data_dir likewise, `explicit_config`) and the demo built
 when missing (`dataset.build_if_missing`; one process builds, the others
 wait). `open_source(name, split, data_dir)` is the split as a random-access
 `tfds.data_source` (array_record; `input_pipeline` reads it with grain), or a
@@ -32,19 +33,63 @@ def resolve_data_dir(config) -> str:
   return demo_data.default_data_dir()
 
 
+def built_configs(name: str, data_dir: str) -> tuple[list[str], str | None]:
+  """The builder configs of dataset `name` (no config part) built in
+  `data_dir`, sorted, and the default TFDS reads for the bare name (what the
+  last build recorded in `<data_dir>/<name>/.config/metadata.json`, None if
+  none); `([], None)` for a dataset without configs or not built there."""
+  from etils import epath
+  from tensorflow_datasets.core import dataset_builder, utils
+  root = epath.Path(data_dir) / name
+  if not (root / ".config").exists():
+    return [], None
+  configs = sorted(d.name for d in root.iterdir()
+                   if d.is_dir() and not d.name.startswith(".")
+                   and not utils.Version.is_valid(d.name))
+  return configs, dataset_builder.load_default_config_name(root)
+
+
+def explicit_config(name: str, data_dir: str) -> str:
+  """`name` with its builder config named: a bare name becomes `name/<config>`
+  when the dataset has configs built in `data_dir`, so that every split of a
+  run (train, validation, test, read minutes apart) comes from the same one.
+  TFDS reads a bare name as the default recorded by the *last* build of any
+  config, so building a variant would silently switch what a bare name
+  reads; with several configs built the one read is logged, and an error
+  names them when none is recorded. Other names are returned unchanged."""
+  if "/" in name:
+    return name
+  configs, default = built_configs(name, data_dir)
+  if not configs:
+    return name
+  if default not in configs:
+    if len(configs) > 1:
+      raise DatasetError(
+          f"dataset {name!r} has configs {', '.join(configs)} in data_dir {data_dir!r} and "
+          f"none is recorded as its default; name one, e.g. --config.dataset.name={name}/"
+          f"{configs[0]}")
+    default = configs[0]
+  if len(configs) > 1:
+    logging.warning("dataset %r has configs %s built in %s; reading %s/%s (the default the "
+                    "last build recorded); name another with --config.dataset.name=%s/<config>",
+                    name, ", ".join(configs), data_dir, name, default, name)
+  return f"{name}/{default}"
+
+
 def resolve_dataset(name: str, data_dir: str, build_if_missing: bool) -> str:
-  """The TFDS name to read; the demo dataset gets its config made explicit and
-  is built on first use."""
-  if name.split("/")[0] == "av_digits":
-    from soundloc_jax import demo_data
-    name = demo_data.dataset_name(name)
-    if build_if_missing:
-      # One process builds; the others wait for it instead of racing on the files.
-      if distributed.is_primary():
-        demo_data.ensure_built(data_dir, name)
-      if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(f"dataset {name} ready")
+  """The TFDS name to read, its config made explicit (`explicit_config`); the
+  demo dataset is built on first use."""
+  if name.split("/")[0] != "av_digits":
+    return explicit_config(name, data_dir)
+  from soundloc_jax import demo_data
+  name = demo_data.dataset_name(name)
+  if build_if_missing:
+    # One process builds; the others wait for it instead of racing on the files.
+    if distributed.is_primary():
+      demo_data.ensure_built(data_dir, name)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"dataset {name} ready")
   return name
 
 

@@ -475,3 +475,34 @@ def test_folder_from_annotated_examples_alone_and_layout_errors(tmp_path):
   with pytest.raises(DatasetError, match=r"test_unseen/c0.wav: no c0.json next to it \(every "
                                          r"example in test_unseen/ is annotated\)"):
     _one_worker_build(m, tmp_path / "d4")
+
+
+def test_a_bare_name_reads_the_recorded_config_for_the_whole_run(tmp_path, caplog):
+  """TFDS reads a bare dataset name as the default config that the last build
+  of *any* config recorded. `data.explicit_config` names the config once per
+  run (so a variant built mid-run cannot switch the test splits), logs which
+  one is read when several are built, and refuses to guess when none is
+  recorded."""
+  root = tmp_path / "ds"
+
+  def record(default):
+    os.makedirs(root / ".config", exist_ok=True)
+    with open(root / ".config" / "metadata.json", "w") as f:
+      json.dump({"default_config_name": default}, f)
+
+  assert data.explicit_config("ds", str(tmp_path)) == "ds"  # not built: open_source explains
+  os.makedirs(root / "default" / "1.0.0")
+  record("default")
+  assert data.explicit_config("ds", str(tmp_path)) == "ds/default"
+  assert "configs" not in caplog.text
+  os.makedirs(root / "px128" / "1.0.0")
+  assert data.explicit_config("ds", str(tmp_path)) == "ds/default"
+  assert "default, px128" in caplog.text and "reading ds/default" in caplog.text
+  record("px128")  # what a variant build recorded before the stamps builder kept `default`
+  assert data.explicit_config("ds", str(tmp_path)) == "ds/px128"
+  assert data.explicit_config("ds/default", str(tmp_path)) == "ds/default"
+  record("gone")
+  with pytest.raises(DatasetError, match=r"'ds' has configs default, px128 .*--config\.dataset\.name=ds/default"):
+    data.explicit_config("ds", str(tmp_path))
+  os.makedirs(tmp_path / "flat" / "1.0.0")  # a builder without configs: the name as given
+  assert data.explicit_config("flat", str(tmp_path)) == "flat"

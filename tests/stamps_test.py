@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from soundloc_jax import audio
+from soundloc_jax import audio, data
 from soundloc_jax.evaluation import annotations, evaluators, objects, protocol
 from soundloc_jax.errors import DatasetError
 from tests import media_fixtures as mf
@@ -162,16 +162,20 @@ def test_two_builds_are_identical_whatever_the_worker_count(built, tmp_path):
 def test_the_command_line_builds_from_the_folder_and_names_a_wrong_manual_dir(built, tmp_path):
   """`python -m soundloc_jax.tfds_build data_builders/stamps` (the README's
   command; here a small variant named in the environment, 3 examples per
-  split) builds what the API builds; a folder that is not the package fails
-  in one line naming it."""
+  split) builds what the API builds, and leaves `default` the config a bare
+  `stamps` reads; a folder that is not the package fails in one line naming
+  it."""
   env = dict(os.environ, PYTHONPATH=REPO, SOUNDLOC_BUILD_WORKERS="1",
              SOUNDLOC_STAMPS_CONFIG="px32_clip0.25s")
   cmd = [sys.executable, "-m", "soundloc_jax.tfds_build", "data_builders/stamps",
          "--max_examples_per_split=3"]
+  os.makedirs(tmp_path / "cli" / "stamps" / "default" / "1.0.0")  # as if built before
   proc = subprocess.run(cmd + [f"--data_dir={tmp_path / 'cli'}", f"--manual_dir={built['manual']}"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   cli = tfds.builder("stamps/px32_clip0.25s", data_dir=str(tmp_path / "cli"))
+  assert data.built_configs("stamps", str(tmp_path / "cli")) == (["default", "px32_clip0.25s"],
+                                                                 "default")
   sb = _builder_module()
   config = sb.config_from_name("px32_clip0.25s")
   assert config.image_size == 32 and config.audio["clip_seconds"] == 0.25

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -172,6 +173,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   # One config, so that the command line builds one dataset: `default`, or the
   # variant named by $SOUNDLOC_STAMPS_CONFIG when this module is first imported.
   BUILDER_CONFIGS = [default_config()]
+
+  def download_and_prepare(self, *args, **kwargs):
+    """TFDS records the config it just built as the one a bare `stamps` reads
+    (`<data_dir>/stamps/.config/metadata.json`), so a variant build would
+    switch every later `stamps` run to the variant; after a variant build,
+    `default` is recorded again where it is built."""
+    super().download_and_prepare(*args, **kwargs)
+    common = os.path.dirname(os.path.dirname(os.fspath(self.data_path)))  # <data_dir>/stamps
+    if self.builder_config.name != "default" and os.path.isdir(os.path.join(common, "default")):
+      with open(os.path.join(common, ".config", "metadata.json"), "w") as f:
+        json.dump({"default_config_name": "default"}, f)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
