@@ -200,8 +200,25 @@ def train_one(args, method: str, seed: int) -> None:
   _run([sys.executable, "-m", "soundloc_jax.main", *flags], os.path.join(workdir, "train.log"))
 
 
+def apply_extra(config, extra: list[str]):
+  """`--extra` flags (`--config.a.b=value`) set on `config` as main's flags
+  set them (a literal where the value parses as one, else the string)."""
+  import ast
+  for flag in extra:
+    if not flag.startswith("--config.") or "=" not in flag:
+      raise SystemExit(f"--extra={flag!r}: expected --config.<key>=<value>")
+    key, _, value = flag[len("--config."):].partition("=")
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass
+    config.update_from_flattened_dict({key: value})
+  return config
+
+
 def score_centre(args, workdir: str) -> None:
-  """The centre guess scored like a run: `eval/<split>/metrics.json`."""
+  """The centre guess scored like a run, on the data the runs read (the
+  `--extra` flags apply): `eval/<split>/metrics.json`."""
   import numpy as np
 
   from soundloc_jax import data
@@ -210,6 +227,7 @@ def score_centre(args, workdir: str) -> None:
   config = iterative.get_config(BENCHMARKS[args.benchmark][0])
   if args.data_dir:
     config.dataset.data_dir = args.data_dir
+  apply_extra(config, args.extra)
   name, data_dir = data.prepare_data(config)
   evals = tuple(e for e in config.evals.test if not evaluators.EVALUATORS[e].needs_features)
   for split in BENCHMARKS[args.benchmark][1]:

@@ -69,3 +69,17 @@ def test_the_demo_table_reads_each_seeds_report(compare, tmp_path):
   assert row.endswith("| 0.800 (0.700..0.900) [0.700, 0.900] |")
   assert "| HardPos, image-anchored negatives | 0 | not run |" in table
   assert "6 epochs per run, seeds [0, 1]" in table
+
+
+def test_the_centre_guess_reads_the_data_the_extra_flags_name(compare):
+  """`--extra` reaches the centre guess's config too (it once scored the
+  default stamps build while the runs read `stamps/px128`)."""
+  from soundloc_jax.configs import iterative
+  config = compare.apply_extra(iterative.get_config("stamps"),
+                               ["--config.dataset.name=stamps/px128",
+                                "--config.dataset.image_size=128",
+                                "--config.method.teacher_guard=False"])
+  assert config.dataset.name == "stamps/px128"
+  assert config.dataset.image_size == 128 and config.method.teacher_guard is False
+  with pytest.raises(SystemExit, match="--config.<key>=<value>"):
+    compare.apply_extra(config, ["--seed=1"])
