@@ -180,10 +180,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     switch every later `stamps` run to the variant; after a variant build,
     `default` is recorded again where it is built."""
     super().download_and_prepare(*args, **kwargs)
-    common = os.path.dirname(os.path.dirname(os.fspath(self.data_path)))  # <data_dir>/stamps
-    if self.builder_config.name != "default" and os.path.isdir(os.path.join(common, "default")):
-      with open(os.path.join(common, ".config", "metadata.json"), "w") as f:
-        json.dump({"default_config_name": "default"}, f)
+    common = self.data_path.parent.parent  # <data_dir>/stamps, an epath like data_dir
+    if self.builder_config.name != "default" and (common / "default").is_dir():
+      (common / ".config" / "metadata.json").write_text(
+          json.dumps({"default_config_name": "default"}))
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
