@@ -19,6 +19,9 @@ Tolerances: per-step losses within 1e-5 relative (step 1 is a pure forward of
 identical params, so it pins the global-batch BatchNorm: 8 per-device batches
 of 2 would give 2.804 instead of 2.714); params and batch statistics after 4
 steps within atol 1e-5 + rtol 1e-4. Measured: 1.1e-6 max abs difference.
+Those tolerances hold only while no pseudo-label flips, so the run sets delta_a
+in the widest gap of the teacher's audio cosines and the test asserts that every
+thresholded value clears its threshold by MARGIN (see `_train`).
 
 `test_two_process_training_end_to_end` (slow: gloo CPU collectives, ~2-5 min
 on 2 shared cores) runs the real command (`python -m soundloc_jax.main` with
@@ -46,6 +49,10 @@ GLOBAL_BATCH = 16
 STEPS_OFF, STEPS_ON = 2, 2
 ATOL, RTOL = 1e-5, 1e-4
 LOSS_RTOL = 1e-5
+# Closest a thresholded teacher value may lie to delta_v / delta_a: 10x the
+# largest 1- vs 8-device difference measured in them (normalised maps 3.5e-6,
+# cosines 2e-7). Measured margins: 3.3e-4 (delta_v), 7.3e-5 (delta_a).
+MARGIN = 3e-5
 
 
 def _config():
@@ -66,8 +73,52 @@ def _batches(config):
           for _ in range(STEPS_OFF + STEPS_ON)]
 
 
+def _teacher_values(graphdef, state, batch):
+  """What ICL thresholds at a teacher-active step: the teacher's min-max
+  normalised maps (Eq. 1, compared with delta_v) and its audio cosines
+  between different samples (Eq. 6, compared with delta_a), as numpy."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from soundloc_jax import state as train_state
+  from soundloc_jax.methods import icl
+
+  @jax.jit
+  def forward(state, batch):
+    teacher = nnx.merge(graphdef, state["teacher_params"], state["teacher_batch_stats"])
+    teacher.eval()
+    out = teacher(*train_state.model_inputs(batch, False))
+    normalized, constant = icl.normalize_response(out["response"])
+    audio = out["audio_embedding"]
+    return jnp.where(constant[:, None, None], jnp.inf, normalized), audio @ audio.T
+
+  normalized, cosines = jax.device_get(forward(state, batch))
+  off_diagonal = ~np.eye(cosines.shape[0], dtype=bool)
+  return np.asarray(normalized).ravel(), np.asarray(cosines)[off_diagonal]
+
+
+def _widest_gap_midpoint(values, lo=0.3, hi=0.7):
+  """The middle of the widest gap between sorted `values` whose lower end lies
+  between their `lo` and `hi` quantiles: a delta_a splitting the pairs into
+  positives and negatives with the largest margin available."""
+  v = np.sort(values)
+  start, stop = int(lo * (len(v) - 1)), int(hi * (len(v) - 1))
+  i = start + int(np.argmax(np.diff(v[start:stop + 1])))
+  return float((v[i] + v[i + 1]) / 2)
+
+
 def _train(mesh, place_batch):
-  """Runs the 4 steps under `mesh`; returns flat numpy results."""
+  """Runs the 4 steps under `mesh`; returns flat numpy results.
+
+  ICL's pseudo-labels are thresholds, and a value within rounding of one
+  would flip between reduction orders and change the loss by far more than
+  rounding (this untrained width-4 model puts every audio cosine between
+  0.97 and 0.999, so the config's delta_a = 0.99 once fell 6e-8 from one and
+  the loss differed by 4.5%). So delta_a is set at the teacher refresh to the
+  middle of the widest gap among the teacher's cosines (about half the pairs
+  positive), and the distance of every thresholded value from delta_v and
+  delta_a is returned as `margin` for the test to check.
+  """
   import jax
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
@@ -79,16 +130,25 @@ def _train(mesh, place_batch):
   graphdef, state = train_state.create_train_state(config, optimizer)
   state = jax.device_put(state, NamedSharding(mesh, P()))
   method = methods.get("icl")
-  batches = _batches(config)
+  batches = [place_batch(b, mesh) for b in _batches(config)]
   losses = []
+  margin, positive_fraction = [np.inf, np.inf], np.nan
   for i, batch in enumerate(batches):
     active = i >= STEPS_OFF
     if i == STEPS_OFF:
       state = train_state.refresh_teacher(state)
+      values = [_teacher_values(graphdef, state, b)
+                for b in batches[STEPS_OFF:]]
+      cosines = np.concatenate([c for _, c in values])
+      config.method.delta_a = _widest_gap_midpoint(cosines)
+      positive_fraction = float(np.mean(cosines >= config.method.delta_a))
+      margin = [min(float(np.min(np.abs(n - config.method.delta_v))) for n, _ in values),
+                float(np.min(np.abs(cosines - config.method.delta_a)))]
     step = train.make_train_step(graphdef, method, config.method, optimizer, active, mesh)
-    state, metrics = step(state, place_batch(batch, mesh))
+    state, metrics = step(state, batch)
     losses.append(float(jax.device_get(metrics["loss"])))
-  flat = {"loss": np.asarray(losses)}
+  flat = {"loss": np.asarray(losses), "delta_a": np.asarray(config.method.delta_a),
+          "margin": np.asarray(margin), "positive_fraction": np.asarray(positive_fraction)}
   for name in ("params", "batch_stats"):
     for path, leaf in jax.tree_util.tree_flatten_with_path(state[name])[0]:
       flat[name + jax.tree_util.keystr(path)] = np.asarray(jax.device_get(leaf))
@@ -97,6 +157,7 @@ def _train(mesh, place_batch):
 
 def _compare(a, b):
   assert a.keys() == b.keys()
+  np.testing.assert_allclose(a["delta_a"], b["delta_a"], rtol=1e-6, err_msg="delta_a")
   np.testing.assert_allclose(a["loss"], b["loss"], rtol=LOSS_RTOL, err_msg="loss")
   worst = 0.0
   for k in a:
@@ -162,6 +223,12 @@ def reference(tmp_path_factory):
       assert len(cache) > 10 and np.all(np.isfinite(cache["loss"]))
       # Not trivial: the student moved and the teacher-active loss differs.
       assert cache["loss"][0] != cache["loss"][-1]
+      # Eq. 6 targets are mixed (a wrong row order across devices would show),
+      # and no thresholded value is within rounding (~1e-6) of its threshold.
+      assert 0.2 < cache["positive_fraction"] < 0.8, cache["positive_fraction"]
+      assert min(cache["margin"]) > MARGIN, (
+          f"teacher values lie {cache['margin']} from (delta_v, delta_a): "
+          "reduction-order rounding could flip a pseudo-label; change _batches' seed")
     return cache
 
   yield get
