@@ -120,7 +120,8 @@ def parse_args(argv=None):
                  help="epochs per run, the same for all (default: 12 on the demo, the "
                       "preset's budget on another benchmark)")
   p.add_argument("--benchmark", default="demo", choices=sorted(BENCHMARKS),
-                 help="demo: av_digits; stamps: the real-media benchmark (needs --data_dir)")
+                 help="demo: av_digits; stamps / stamps128: the real-media benchmark at "
+                      "96 / 128 px (needs --data_dir)")
   p.add_argument("--data_dir", default="", help="where the benchmark's dataset is built")
   p.add_argument("--extra", action="append", default=[],
                  help="extra --config.x=y flag for every run (repeatable)")
@@ -140,7 +141,8 @@ def parse_args(argv=None):
 
 
 # benchmark -> (config preset, the test splits its runs are scored on)
-BENCHMARKS = {"demo": ("", ("test",)), "stamps": ("stamps", ("test", "test_unseen"))}
+BENCHMARKS = {"demo": ("", ("test",)), "stamps": ("stamps", ("test", "test_unseen")),
+              "stamps128": ("stamps128", ("test", "test_unseen"))}
 
 
 def config_arg(config: str, benchmark: str) -> str:

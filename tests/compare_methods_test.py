@@ -83,3 +83,23 @@ def test_the_centre_guess_reads_the_data_the_extra_flags_name(compare):
   assert config.dataset.image_size == 128 and config.method.teacher_guard is False
   with pytest.raises(SystemExit, match="--config.<key>=<value>"):
     compare.apply_extra(config, ["--seed=1"])
+
+
+@pytest.mark.parametrize("benchmark", ["stamps", "stamps128"])
+def test_every_row_gets_the_benchmarks_preset_and_keeps_its_options(compare, benchmark):
+  """Each method file's config, loaded through `config_arg`, is its preset of
+  the benchmark with the row's own options (HardPos's random neighbours, the
+  Vanilla-LVS variant, ICL's ablation)."""
+  import importlib
+  from soundloc_jax.configs import datasets
+  for name in ("lvs_vanilla", "random_hp", "icl_initial", "ezvsl"):
+    arg = compare.config_arg(compare.METHODS[name][0], benchmark)
+    path, _, option = arg.partition(":")
+    assert option.split(",")[0] == benchmark, arg
+    module = importlib.import_module("soundloc_jax.configs." + os.path.basename(path)[:-3])
+    config = module.get_config(option)
+    assert config.dataset.name == datasets.PRESETS[benchmark]["dataset"]
+    assert config.dataset.image_size == datasets.PRESETS[benchmark]["image_size"]
+  assert compare.config_arg("configs/lvs.py:,variant=vanilla", benchmark) == \
+      f"configs/lvs.py:{benchmark},variant=vanilla"
+  assert compare.BENCHMARKS[benchmark][1] == ("test", "test_unseen")

@@ -526,3 +526,22 @@ def test_the_evaluator_runs_the_silent_object_test_on_stamps_splits(built):
   result = evaluators.SplitEvaluator("test", source, config, evals).run(predict(flat))
   assert result.metrics["silent"] == 0.5
   assert config.evals.test == ("localization", "silent_object", "retrieval")
+
+
+@pytest.mark.parametrize("method", ["iterative", "lvs", "hard_positive", "ezvsl"])
+def test_the_128px_preset_is_the_stamps_recipe_on_the_px128_build(method):
+  """`stamps128` changes only the dataset (the builder's px128 config) and the
+  image size, in every method file; the build it names stores 128 px images
+  with the preset's front end."""
+  import importlib
+  from soundloc_jax.configs import datasets
+  from soundloc_jax.data_builders.stamps import stamps_dataset_builder as sdb
+  module = importlib.import_module(f"soundloc_jax.configs.{method}")
+  base, big = module.get_config("stamps").to_dict(), module.get_config("stamps128").to_dict()
+  assert big["dataset"].pop("name") == "stamps/px128" and base["dataset"].pop("name") == "stamps"
+  assert (base["dataset"].pop("image_size"), big["dataset"].pop("image_size")) == (96, 128)
+  assert big == base
+  build = sdb.config_from_name("px128")
+  assert build.image_size == 128
+  assert audio.params_dict(build.audio) == audio.params_dict(module.get_config("stamps128").audio)
+  assert datasets.STAMPS_PRESETS == ("stamps", "stamps128")

@@ -5,7 +5,7 @@ baseline of issue 6: multiple-instance contrastive learning (max over patches).
   PRESET    "" (default): the embedded av_digits demo; vggsound_144k or
             flickr_144k: the real-data settings of HardPos Tables 1 and 2
             (configs/datasets.py), the training sets EZ-VSL also reports;
-            stamps: the real-media benchmark built offline.
+            stamps, stamps128: the real-media benchmark built offline (96 / 128 px).
 
 Values (the loss rules are in `soundloc_jax/methods/ezvsl.py`):
   temperature = 0.03        EZ-VSL's training temperature.
@@ -25,7 +25,7 @@ import ml_collections
 
 from soundloc_jax.configs import datasets, default
 
-PRESETS = ("", "vggsound_144k", "flickr_144k", "stamps")
+PRESETS = ("", "vggsound_144k", "flickr_144k") + datasets.STAMPS_PRESETS
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -36,6 +36,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.method.temperature = 0.03
   c.model.audio_pool = "max"
   c = datasets.apply_preset(c, preset)
-  if preset and preset != "stamps":  # stamps keeps the 6x6 map of its 96 px images
+  if preset and preset not in datasets.STAMPS_PRESETS:  # stamps keeps its 6x6 / 8x8 maps
     c.model.layer4_stride = 2
   return c

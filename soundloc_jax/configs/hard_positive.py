@@ -3,7 +3,7 @@
 `--config=configs/hard_positive.py[:PRESET][,neighbours=KIND]`
   PRESET      "" (default): the embedded av_digits demo; vggsound_144k
               (Table 1) or flickr_144k (Table 2): real data (configs/datasets.py);
-              stamps: the real-media benchmark built offline.
+              stamps, stamps128: the real-media benchmark built offline (96 / 128 px).
   KIND        mined (default): hard positives from the neighbours file that
               `python -m soundloc_jax.mine --workdir=BASELINE_WORKDIR` writes
               from a Vanilla-LVS run (`configs/lvs.py:,variant=vanilla`); pass
@@ -47,7 +47,7 @@ import ml_collections
 from soundloc_jax.configs import datasets, default
 
 NEIGHBOURS = ("mined", "random")
-PRESETS = ("", "vggsound_144k", "flickr_144k", "stamps")
+PRESETS = ("", "vggsound_144k", "flickr_144k") + datasets.STAMPS_PRESETS
 DEMO_NUM_NEIGHBOURS = 300
 # stamps: ~130 training examples per sounding group (6,000 over 45 groups).
 STAMPS_NUM_NEIGHBOURS = 100
@@ -60,6 +60,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = default.get_config()  # the values above are default.py's method.* defaults
   c.method.name = "hardpos"
   c.method.neighbours = options["neighbours"]
-  if not preset or preset == "stamps":
+  if not preset or preset in datasets.STAMPS_PRESETS:
     c.method.num_neighbours = STAMPS_NUM_NEIGHBOURS if preset else DEMO_NUM_NEIGHBOURS
   return datasets.apply_preset(c, preset)

@@ -3,7 +3,8 @@
 `--config=configs/iterative.py[:PRESET][,ablation=ROW]`
   PRESET   "" (default): the embedded av_digits demo, ~10 min on 2 CPU cores;
            flickr_10k, flickr_20k, music_synthetic: real data (configs/datasets.py);
-           stamps: the real-media benchmark built offline (data_builders/stamps).
+           stamps, stamps128: the real-media benchmark built offline
+           (data_builders/stamps) at 96 / 128 px.
   ROW      one of ICL Table 2's rows: initial, itr, itr_intra, itr_inter, full
            (default full = Eq. 7).
 
@@ -48,7 +49,7 @@ ABLATIONS = {
 
 # Real-data presets: configs/datasets.py (ICL's Flickr-SoundNet 10k / 20k and
 # MUSIC-Synthetic settings).
-PRESETS = ("", "flickr_10k", "flickr_20k", "music_synthetic", "stamps")
+PRESETS = ("", "flickr_10k", "flickr_20k", "music_synthetic") + datasets.STAMPS_PRESETS
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -4,8 +4,8 @@
   PRESET    "" (default): the embedded av_digits demo; vggsound_144k or
             flickr_144k: the real-data settings of HardPos Tables 1 and 2
             (configs/datasets.py), so the baseline rows and the model HardPos
-            mines with train on the same data as HardPos itself; stamps: the
-            real-media benchmark built offline (data_builders/stamps).
+            mines with train on the same data as HardPos itself; stamps, stamps128: the
+            real-media benchmark built offline (data_builders/stamps) at 96 / 128 px.
   VARIANT   full (default): tri-map + hard-negative logit (method "lvs");
             vanilla: neither (method "lvs_vanilla", HardPos's Vanilla-LVS,
             the model whose embeddings HardPos mines neighbours with).
@@ -31,7 +31,7 @@ import ml_collections
 from soundloc_jax.configs import datasets, default
 
 VARIANTS = {"full": "lvs", "vanilla": "lvs_vanilla"}
-PRESETS = ("", "vggsound_144k", "flickr_144k", "stamps")
+PRESETS = ("", "vggsound_144k", "flickr_144k") + datasets.STAMPS_PRESETS
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
