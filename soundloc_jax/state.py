@@ -165,6 +165,15 @@ def refresh_teacher(state):
               teacher_batch_stats=_copy(state["batch_stats"]))
 
 
+def teacher_outputs(graphdef, state, inputs):
+  """The frozen teacher's outputs on `inputs` (`model_inputs`): the model of
+  `state["teacher_params"]` / `state["teacher_batch_stats"]` in eval mode
+  (running BatchNorm statistics), no gradient through it."""
+  teacher = nnx.merge(graphdef, state["teacher_params"], state["teacher_batch_stats"])
+  teacher.eval()
+  return jax.lax.stop_gradient(teacher(*inputs))
+
+
 def model_inputs(batch, needs_neighbours: bool):
   """`(image, spectrogram)` for the model, after the device half of the
   training transform (`input_pipeline.device_inputs`: JPEG colour

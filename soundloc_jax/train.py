@@ -50,11 +50,8 @@ def make_train_step(graphdef, method: methods.Method, method_config, optimizer,
   def step_fn(state, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     inputs = state_lib.model_inputs(batch, method.needs_neighbours)
-    teacher_outputs = None
-    if teacher_active:
-      teacher = nnx.merge(graphdef, state["teacher_params"], state["teacher_batch_stats"])
-      teacher.eval()
-      teacher_outputs = jax.lax.stop_gradient(teacher(*inputs))
+    teacher_outputs = (state_lib.teacher_outputs(graphdef, state, inputs)
+                       if teacher_active else None)
 
     def loss_fn(params):
       model = nnx.merge(graphdef, params, state["batch_stats"])

@@ -73,28 +73,30 @@ def _batches(config):
           for _ in range(STEPS_OFF + STEPS_ON)]
 
 
-def _teacher_values(graphdef, state, batch):
-  """What ICL thresholds at a teacher-active step: the teacher's min-max
-  normalised maps (Eq. 1, compared with delta_v) and its audio cosines
-  between different samples (Eq. 6, compared with delta_a), as numpy."""
+def _teacher_values(graphdef, state, batches):
+  """What ICL thresholds at the teacher-active steps of `batches`: the
+  teacher's min-max normalised maps (Eq. 1, compared with delta_v; constant
+  maps, which no threshold splits, as inf) and its audio cosines between
+  different samples (Eq. 6, compared with delta_a), each flattened over all
+  batches, as numpy."""
   import jax
   import jax.numpy as jnp
-  from flax import nnx
   from soundloc_jax import state as train_state
   from soundloc_jax.methods import icl
 
   @jax.jit
   def forward(state, batch):
-    teacher = nnx.merge(graphdef, state["teacher_params"], state["teacher_batch_stats"])
-    teacher.eval()
-    out = teacher(*train_state.model_inputs(batch, False))
+    out = train_state.teacher_outputs(graphdef, state, train_state.model_inputs(batch, False))
     normalized, constant = icl.normalize_response(out["response"])
     audio = out["audio_embedding"]
     return jnp.where(constant[:, None, None], jnp.inf, normalized), audio @ audio.T
 
-  normalized, cosines = jax.device_get(forward(state, batch))
-  off_diagonal = ~np.eye(cosines.shape[0], dtype=bool)
-  return np.asarray(normalized).ravel(), np.asarray(cosines)[off_diagonal]
+  maps, cosines = [], []
+  for batch in batches:
+    normalized, cos = jax.device_get(forward(state, batch))
+    maps.append(np.asarray(normalized).ravel())
+    cosines.append(np.asarray(cos)[~np.eye(cos.shape[0], dtype=bool)])
+  return np.concatenate(maps), np.concatenate(cosines)
 
 
 def _widest_gap_midpoint(values, lo=0.3, hi=0.7):
@@ -137,12 +139,10 @@ def _train(mesh, place_batch):
     active = i >= STEPS_OFF
     if i == STEPS_OFF:
       state = train_state.refresh_teacher(state)
-      values = [_teacher_values(graphdef, state, b)
-                for b in batches[STEPS_OFF:]]
-      cosines = np.concatenate([c for _, c in values])
+      maps, cosines = _teacher_values(graphdef, state, batches[STEPS_OFF:])
       config.method.delta_a = _widest_gap_midpoint(cosines)
       positive_fraction = float(np.mean(cosines >= config.method.delta_a))
-      margin = [min(float(np.min(np.abs(n - config.method.delta_v))) for n, _ in values),
+      margin = [float(np.min(np.abs(maps - config.method.delta_v))),
                 float(np.min(np.abs(cosines - config.method.delta_a)))]
     step = train.make_train_step(graphdef, method, config.method, optimizer, active, mesh)
     state, metrics = step(state, batch)
