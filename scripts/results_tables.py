@@ -231,6 +231,7 @@ def main(argv=None) -> None:
   g.add_argument("table", help="a markdown file with compare_methods tables")
   g.add_argument("--section", default="", help="take the tables under this heading")
   g.add_argument("--columns", default=",".join(DEFAULT_COLUMNS))
+  g.add_argument("--title", default=None, help="the figure's title (default: --section)")
   g.add_argument("--references", default=",".join(DEFAULT_REFERENCES),
                  help="rows (name prefixes) also drawn as dashed lines; empty for none")
   g.add_argument("--out", required=True, help="the PNG to write")
@@ -248,7 +249,7 @@ def main(argv=None) -> None:
       if args.section:
         text = section(text, args.section, args.table)
       tables = read_tables(text, args.table)
-      print(plot(tables, args.columns.split(","), args.out, title=args.section,
+      print(plot(tables, args.columns.split(","), args.out, title=args.section if args.title is None else args.title,
                  references=tuple(r for r in args.references.split(",") if r)))
   except (OSError, ValueError) as e:
     sys.exit(f"results_tables.py: {e}")
