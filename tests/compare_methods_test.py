@@ -2,22 +2,16 @@
 stored none, and the table built from run folders."""
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import import_script
 
 
 @pytest.fixture(scope="module")
 def compare():
-  sys.path.insert(0, os.path.join(REPO, "scripts"))
-  try:
-    import compare_methods
-  finally:
-    sys.path.pop(0)
-  return compare_methods
+  return import_script("compare_methods")
 
 
 @pytest.mark.parametrize("p", [0.25, 0.5, 0.97])

@@ -1,12 +1,25 @@
 """Helpers shared by the test files (imported as `from tests import helpers`;
 media files are written by `tests/media_fixtures.py`)."""
 
+import importlib
 import math
+import os
+import sys
 
 import jax
 import numpy as np
 
 from soundloc_jax.configs import iterative
+
+
+def import_script(name: str):
+  """The module `scripts/<name>.py` (the scripts folder is not a package)."""
+  folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+  sys.path.insert(0, folder)
+  try:
+    return importlib.import_module(name)
+  finally:
+    sys.path.pop(0)
 
 
 def set_fields(config, overrides: dict):

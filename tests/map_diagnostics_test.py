@@ -1,20 +1,14 @@
 """scripts/map_diagnostics.py: the outer ring of a map's cells, the interior
 peak, each patch's similarity to its image's mean feature, the cell of a
 box's centre of mass, and the silent-object test by kind, each against a loop."""
-import os
-import sys
 import types
 
 import numpy as np
 
 from soundloc_jax.evaluation import annotations, objects
+from tests.helpers import import_script
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-try:
-  import map_diagnostics
-finally:
-  sys.path.pop(0)
+map_diagnostics = import_script("map_diagnostics")
 
 
 def test_ring_holds_exactly_the_border_cells():

@@ -3,10 +3,11 @@ table compare_methods.py prints from all the runs at once; the plot reads a
 doc's section; bad input is named."""
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
+
+from tests.helpers import import_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("pointing", "peak_silent", "silent", "ciou", "auc", "ciou_median", "r1")
@@ -14,13 +15,7 @@ KEYS = ("pointing", "peak_silent", "silent", "ciou", "auc", "ciou_median", "r1")
 
 @pytest.fixture(scope="module")
 def scripts():
-  sys.path.insert(0, os.path.join(REPO, "scripts"))
-  try:
-    import compare_methods
-    import results_tables
-  finally:
-    sys.path.pop(0)
-  return compare_methods, results_tables
+  return import_script("compare_methods"), import_script("results_tables")
 
 
 def _fake_runs(compare, out, seeds_of):
