@@ -2,7 +2,8 @@
 docs/ resolves (the file, and the #anchor to a heading of it), every
 `python -m X` in their command blocks is a module whose `--help` exits 0,
 every `python scripts/...` / `benchmarks/...` script they name exists, the
-README stays short, and the Colab badge agrees with pyproject.toml."""
+README stays short, every image they show exists, and the Colab badge agrees
+with pyproject.toml."""
 
 import glob
 import os
@@ -12,10 +13,13 @@ import sys
 
 import pytest
 
+from tests.helpers import import_script
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = sorted([os.path.join(REPO, "README.md")]
               + glob.glob(os.path.join(REPO, "docs", "**", "*.md"), recursive=True))
 LINK = re.compile(r"(?<!!)\[(?:[^\[\]]|\[[^\]]*\])*\]\(([^)\s]+)\)")
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 
 
@@ -77,6 +81,15 @@ def test_every_relative_link_resolves(doc):
           f"(it has {sorted(anchors(dest))})")
 
 
+@pytest.mark.parametrize("doc", DOCS, ids=_rel)
+def test_every_image_exists(doc):
+  for target in IMAGE.findall(FENCE.sub("", _text(doc))):
+    if re.match(r"[a-z]+:", target):
+      continue  # a URL (the Colab badge)
+    dest = os.path.normpath(os.path.join(os.path.dirname(doc), target))
+    assert os.path.exists(dest), f"{_rel(doc)}: image {target!r}: {_rel(dest)} does not exist"
+
+
 def _command_blocks(doc):
   return FENCE.findall(_text(doc))
 
@@ -122,11 +135,7 @@ def test_the_colab_badge_and_install_url_come_from_pyproject():
 
 
 def test_the_url_script_rewrites_every_copy(tmp_path):
-  sys.path.insert(0, os.path.join(REPO, "scripts"))
-  try:
-    import set_repository_url as urls
-  finally:
-    sys.path.pop(0)
+  urls = import_script("set_repository_url")
   for name in ("README.md", "pyproject.toml", os.path.join("notebooks", "quickstart.ipynb")):
     os.makedirs(tmp_path / os.path.dirname(name), exist_ok=True)
     (tmp_path / name).write_text(_text(os.path.join(REPO, name)))
