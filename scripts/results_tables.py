@@ -180,21 +180,18 @@ def plot(tables: dict, columns: list[str], path: str, title: str = "",
                dpi=110)
   axes = fig.subplots(len(splits), len(columns), squeeze=False, sharey=True)
   for i, split in enumerate(splits):
-    rows = tables[split]["rows"]
+    rows = {m: merge_rows(r) for m, r in tables[split]["rows"].items()}
     for k, column in enumerate(columns):
       ax = axes[i][k]
       j = tables[split]["columns"].index(column)
-      for r, (prefix, color) in enumerate(zip(references, ("tab:red", "tab:orange", "tab:green"))):
+      for prefix, color in zip(references, ("tab:red", "tab:orange", "tab:green")):
         method = next((m for m in rows if m.startswith(prefix)), None)
-        cell = method and parse_cell(merge_rows(rows[method])["cells"][j])
+        cell = method and parse_cell(rows[method]["cells"][j])
         if cell:
           ax.axvline(cell["mean"], color=color, ls="--", lw=0.8,
                      label=_label(method) if i == k == 0 else None)
       for y, method in enumerate(methods):
-        if method not in rows:
-          continue
-        row = merge_rows(rows[method])
-        cell = parse_cell(row["cells"][j])
+        cell = parse_cell(rows[method]["cells"][j]) if method in rows else None
         if cell is None:
           continue
         ax.plot([cell["min"], cell["max"]], [y, y], color="0.55", lw=1)
@@ -202,8 +199,9 @@ def plot(tables: dict, columns: list[str], path: str, title: str = "",
           ax.plot([cell["lo"], cell["hi"]], [y, y], color="tab:blue", lw=4, alpha=0.5,
                   solid_capstyle="butt")
         ax.plot([cell["mean"]], [y], "o", color="tab:blue", ms=4)
-        ax.text(1.0, y, f" {row['seeds']}" if k == len(columns) - 1 else "", fontsize=6,
-                va="center", transform=ax.get_yaxis_transform())
+        if k == len(columns) - 1:
+          ax.text(1.0, y, f" {rows[method]['seeds']}", fontsize=6, va="center",
+                  transform=ax.get_yaxis_transform())
       ax.set_xlim(0, 1)
       ax.grid(axis="x", alpha=0.3)
       ax.set_title(f"{split}: {column}", fontsize=8)
