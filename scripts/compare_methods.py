@@ -51,6 +51,8 @@ import subprocess
 import sys
 import time
 
+import results_tables  # scripts/, next to this file
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # LVS-style losses on the demo need LVS's released-code negatives: with Eq. 5's
@@ -255,11 +257,12 @@ def rescore(args) -> None:
         evaluate.evaluate_checkpoint(workdir.read_config(workdir_path), workdir_path)
 
 
-def _fmt(values: list[float]) -> str:
-  mean = statistics.fmean(values)
-  if len(values) == 1:
-    return f"{mean:.3f}"
-  return f"{mean:.3f} ({min(values):.3f}..{max(values):.3f})"
+def _fmt(values: list[float], interval: tuple[float, float] | None = None) -> str:
+  """`mean (min..max) [lo, hi]` of seeds' values, in the one cell format
+  `results_tables` reads back (no spread for one seed, no interval if None)."""
+  lo, hi = interval or (None, None)
+  return results_tables.format_cell({"mean": statistics.fmean(values), "min": min(values),
+                                     "max": max(values), "lo": lo, "hi": hi}, len(values))
 
 
 def _run_ci(m: dict, key: str) -> tuple[float, float] | None:
@@ -276,19 +279,14 @@ def _run_ci(m: dict, key: str) -> tuple[float, float] | None:
   return centre - half, centre + half
 
 
-def _ci(found, key) -> str:
-  """ [lo, hi]: the mean over runs of each run's 95% interval ("" if one lacks it)."""
-  intervals = [_run_ci(m, key) for m in found]
-  if None in intervals:
-    return ""
-  lo, hi = zip(*intervals)
-  return f" [{statistics.fmean(lo):.3f}, {statistics.fmean(hi):.3f}]"
-
-
 def _cell(found, key) -> str:
+  """The runs' `key` with, as interval, the mean over runs of each run's 95%
+  interval (left out if one run lacks it); "n/a" if a run lacks `key`."""
   if not all(key in m for m in found):
     return "n/a"
-  return _fmt([m[key] for m in found]) + _ci(found, key)
+  intervals = [_run_ci(m, key) for m in found]
+  interval = None if None in intervals else tuple(map(statistics.fmean, zip(*intervals)))
+  return _fmt([m[key] for m in found], interval)
 
 
 def collect_benchmark(args) -> str:
