@@ -142,14 +142,23 @@ def parse_args(argv=None):
   return args
 
 
-# benchmark -> (config preset, the test splits its runs are scored on)
-BENCHMARKS = {"demo": ("", ("test",)), "stamps": ("stamps", ("test", "test_unseen")),
-              "stamps128": ("stamps128", ("test", "test_unseen"))}
+# benchmark -> the dataset preset of configs/datasets.py its runs use ("": the demo)
+BENCHMARKS = {"demo": "", "stamps": "stamps", "stamps128": "stamps128"}
+
+
+def test_splits(benchmark: str) -> tuple[str, ...]:
+  """The splits a benchmark's runs are scored on: its preset's `test_splits`
+  (the demo's: the default config's)."""
+  from soundloc_jax.configs import datasets, default
+  preset = BENCHMARKS[benchmark]
+  if not preset:
+    return tuple(default.get_config().dataset.test_splits)
+  return tuple(datasets.PRESETS[preset]["test_splits"])
 
 
 def config_arg(config: str, benchmark: str) -> str:
   """`configs/x.py:ARG` with the benchmark's preset as ARG's first part."""
-  preset = BENCHMARKS[benchmark][0]
+  preset = BENCHMARKS[benchmark]
   path, _, arg = config.partition(":")
   options = arg.split(",")[1:] if arg else []
   return f"{path}:{','.join([preset] + options)}" if (preset or options) else path
@@ -175,7 +184,7 @@ def test_metrics_path(workdir: str, split: str = "test") -> str:
 
 def finished(args, workdir: str) -> bool:
   return all(os.path.exists(test_metrics_path(workdir, split))
-             for split in BENCHMARKS[args.benchmark][1])
+             for split in test_splits(args.benchmark))
 
 
 def train_one(args, method: str, seed: int) -> None:
@@ -228,13 +237,13 @@ def score_centre(args, workdir: str) -> None:
   from soundloc_jax import data
   from soundloc_jax.configs import iterative
   from soundloc_jax.evaluation import baselines, evaluators
-  config = iterative.get_config(BENCHMARKS[args.benchmark][0])
+  config = iterative.get_config(BENCHMARKS[args.benchmark])
   if args.data_dir:
     config.dataset.data_dir = args.data_dir
   apply_extra(config, args.extra)
   name, data_dir = data.prepare_data(config)
   evals = tuple(e for e in config.evals.test if not evaluators.EVALUATORS[e].needs_features)
-  for split in BENCHMARKS[args.benchmark][1]:
+  for split in test_splits(args.benchmark):
     source = data.open_source(name, split, data_dir)
     prior = baselines.centre_prior(1, config.eval.size)[0]
     result = evaluators.SplitEvaluator(split, source, config, evals).run(
@@ -297,7 +306,7 @@ def collect_benchmark(args) -> str:
              ("cIoU@0.5 fixed", "ciou"), ("AUC fixed", "auc"),
              ("cIoU@0.5 median rule", "ciou_median"), ("retrieval R@1", "r1"))
   out, epochs = [], set()
-  for split in BENCHMARKS[args.benchmark][1]:
+  for split in test_splits(args.benchmark):
     rows = [f"\n**{split}**\n", "| method | seeds | " + " | ".join(c for c, _ in columns) + " |",
             "|" + "---|" * (len(columns) + 2)]
     for method in args.methods:

@@ -94,6 +94,8 @@ def test_every_row_gets_the_benchmarks_preset_and_keeps_its_options(compare, ben
     config = module.get_config(option)
     assert config.dataset.name == datasets.PRESETS[benchmark]["dataset"]
     assert config.dataset.image_size == datasets.PRESETS[benchmark]["image_size"]
+    assert tuple(config.dataset.test_splits) == compare.test_splits(benchmark)  # what is scored
   assert compare.config_arg("configs/lvs.py:,variant=vanilla", benchmark) == \
       f"configs/lvs.py:{benchmark},variant=vanilla"
-  assert compare.BENCHMARKS[benchmark][1] == ("test", "test_unseen")
+  assert compare.test_splits(benchmark) == ("test", "test_unseen")
+  assert compare.test_splits("demo") == ("test",)
