@@ -24,6 +24,18 @@ For each run (its latest checkpoint, its own config), on one annotated split:
   training, an unseen group, or a group that never sounds. On `test_unseen`
   a model that learned its training groups rather than the link between a
   new sound and a new object prefers seen-group silent objects (< 0.5).
+- **Does the sound choose the object** (splits with a `group` per example):
+  the silent-object test with each image's own clip, then with the clip of
+  a random image of another sounding group of the same split, and the
+  paired difference, each with its 95% bootstrap interval. The maps here
+  are the cosine of each patch feature with the audio embedding, the
+  response of every method in this project (the script prints their
+  correlation with the model's own maps as a check). A model whose maps
+  follow the sound scores far lower with another group's clip (on stamps'
+  `test`: ~0.93 against ~0.5); a difference near 0 means the image alone
+  decides which object is hot. Then the test per sounding group, and the
+  audio embeddings' mean cosine within a sounding group against across
+  groups: whether the audio encoder still tells the split's sounds apart.
 
 Used for the readings of docs/results.md#real-media-benchmark-stamps.
 """
@@ -88,6 +100,71 @@ def silent_scores_by_kind(outputs, kinds: list[list[str]], size: int) -> dict:
   return {kind: (float(np.mean(v)), len(v)) for kind, v in sorted(scores.items())}
 
 
+def other_group_partners(groups, seed: int = 0) -> np.ndarray:
+  """`[N]`: for each item, a random index of an item of another group."""
+  groups = np.asarray(groups)
+  rng = np.random.default_rng(seed)
+  partners = np.empty(len(groups), int)
+  for i, group in enumerate(groups):
+    others = np.flatnonzero(groups != group)
+    if not others.size:
+      raise ValueError(f"every item is of group {group!r}: no other group's clip to pair with")
+    partners[i] = rng.choice(others)
+  return partners
+
+
+def cosine_maps(visual: np.ndarray, audio: np.ndarray) -> np.ndarray:
+  """`[N, h, w]` cosine of each patch feature of `visual` [N, h, w, d] with
+  the matching row of `audio` [N, d]."""
+  v = np.asarray(visual, np.float64)
+  a = np.asarray(audio, np.float64)
+  v = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+  a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+  return np.einsum("nhwd,nd->nhw", v, a)
+
+
+def audio_swap_scores(outputs, groups, size: int, seed: int = 0):
+  """`(own [N], other [N], correlation)`: the silent-object test per image
+  with cosine maps from its own audio embedding and from that of a random
+  image of another group (`other_group_partners`), and the correlation of
+  the own-audio cosine maps with `outputs.responses`."""
+  from soundloc_jax.evaluation import objects
+  own_maps = cosine_maps(outputs.visual, outputs.audio)
+  other_maps = cosine_maps(outputs.visual, outputs.audio[other_group_partners(groups, seed)])
+  corr = float(np.corrcoef(own_maps.ravel(), np.asarray(outputs.responses).ravel())[0, 1])
+  own, other = (objects.silent_object_scores(m, outputs.gt_maps, outputs.silent_maps,
+                                             outputs.silent_valid, size=size)
+                for m in (own_maps, other_maps))
+  return own, other, corr
+
+
+def means_by_group(values, groups) -> dict:
+  """`{group: (mean, count)}` of per-item `values`."""
+  values, groups = np.asarray(values, np.float64), np.asarray(groups)
+  return {g: (float(values[groups == g].mean()), int((groups == g).sum()))
+          for g in sorted(set(groups.tolist()))}
+
+
+def group_cosines(audio, groups) -> tuple[float, float]:
+  """Mean cosine of the embeddings in `audio` [N, d] over pairs of distinct
+  items of the same group, and over pairs of different groups."""
+  a = np.asarray(audio, np.float64)
+  a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+  sims, groups = a @ a.T, np.asarray(groups)
+  same = groups[:, None] == groups[None]
+  return float(sims[same & ~np.eye(len(a), dtype=bool)].mean()), float(sims[~same].mean())
+
+
+def sounding_groups(source) -> list[str] | None:
+  if "group" not in source.dataset_info.features:
+    return None
+  return [_text(source[i]["group"]) for i in range(len(source))]
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def silent_kinds(source) -> list[list[str]] | None:
   groups = (source.dataset_info.metadata or {}).get("groups")
   if not groups or "silent_groups" not in source.dataset_info.features:
@@ -95,8 +172,7 @@ def silent_kinds(source) -> list[list[str]] | None:
   seen, unseen = set(groups["seen"]), set(groups["unseen"])
   kinds = []
   for i in range(len(source)):
-    names = source[i]["silent_groups"]
-    names = (names.decode() if isinstance(names, bytes) else str(names)).split("|")
+    names = _text(source[i]["silent_groups"]).split("|")
     kinds.append(["seen" if g in seen else "unseen" if g in unseen else "never sounds"
                   for g in names if g])
   return kinds
@@ -140,6 +216,25 @@ def main(argv=None) -> None:
       print("  silent-object test by the silent object's group: " + "; ".join(
           f"{kind} {mean:.3f} (n={count})" for kind, (mean, count) in by_kind.items()),
             flush=True)
+    groups = sounding_groups(source) if outputs.silent_maps is not None else None
+    if groups is not None:
+      print_audio_swap(outputs, groups, config.eval.size)
+
+
+def print_audio_swap(outputs, groups, size: int) -> None:
+  from soundloc_jax.evaluation import protocol
+  own, other, corr = audio_swap_scores(outputs, groups, size)
+  cells = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
+           map(protocol.mean_ci95, (own, other, own - other))]
+  print(f"  silent-object test with the image's own clip {cells[0]}, with another sounding "
+        f"group's clip {cells[1]}, own minus other {cells[2]} (cosine maps; their correlation "
+        f"with the model's maps {corr:.3f})", flush=True)
+  print("  silent-object test by sounding group: " + "; ".join(
+      f"{g} {mean:.3f} (n={count})" for g, (mean, count) in
+      means_by_group(own, groups).items()), flush=True)
+  same, different = group_cosines(outputs.audio, groups)
+  print(f"  audio embeddings' mean cosine: same sounding group {same:.3f}, different groups "
+        f"{different:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """scripts/map_diagnostics.py: the outer ring of a map's cells, the interior
 peak, each patch's similarity to its image's mean feature, the cell of a
-box's centre of mass, and the silent-object test by kind, each against a loop."""
+box's centre of mass, the silent-object test by kind, and the audio-swap test
+(each image's own clip against another group's), each against a loop or a
+case whose answer is known."""
 import types
 
 import numpy as np
@@ -98,3 +100,80 @@ def test_silent_scores_by_kind_average_each_image_object_pair_of_a_kind():
   for kind, values in expected.items():
     assert got[kind][1] == len(values)
     assert abs(got[kind][0] - np.mean(values)) < 1e-12
+
+
+def test_other_group_partners_pair_each_item_with_another_group():
+  groups = np.array(["a", "b", "c", "a", "b", "a", "c", "c"])
+  partners = map_diagnostics.other_group_partners(groups, seed=4)
+  assert all(groups[j] != g for g, j in zip(groups, partners))
+  assert len(set(partners.tolist())) > 1  # random, not one fixed item
+  with np.testing.assert_raises_regex(ValueError, "no other group"):
+    map_diagnostics.other_group_partners(["a", "a"])
+
+
+def test_cosine_maps_are_each_patch_cosine_with_its_audio():
+  rng = np.random.default_rng(5)
+  visual, audio = rng.normal(size=(3, 2, 4, 5)), rng.normal(size=(3, 5))
+  got = map_diagnostics.cosine_maps(visual, audio)
+  for i in range(3):
+    for r in range(2):
+      for c in range(4):
+        v, a = visual[i, r, c], audio[i]
+        assert abs(got[i, r, c] - v @ a / np.linalg.norm(v) / np.linalg.norm(a)) < 1e-12
+
+
+def _swap_outputs(audio_follows_group: bool):
+  """Images whose sounding object's cells carry their group's audio direction
+  and whose silent object's cells a direction no sound has: 4 x 4 maps, 16 px
+  boxes. With `audio_follows_group` False every clip embeds alike."""
+  n, size, d = 12, 16, 5
+  groups = np.array(["a", "b", "c"] * 4)
+  direction = {"a": 0, "b": 1, "c": 2}
+  visual = np.zeros((n, 4, 4, d))
+  visual[..., 4] = 1.0  # background
+  visual[:, 0, 0] = np.eye(d)[3]  # the silent object, top-left cell
+  audio = np.zeros((n, d))
+  for i, g in enumerate(groups):
+    visual[i, 2:, 2:] = np.eye(d)[direction[g]]  # the sounding object, bottom-right cells
+    audio[i, direction[g] if audio_follows_group else 0] = 1.0
+  if not audio_follows_group:
+    visual[:, 2:, 2:] = np.eye(d)[0]
+  sounding = np.stack([annotations.box_gt_map([[8, 8, 16, 16]], size=size)] * n)
+  silent = np.stack([annotations.box_gt_map([[0, 0, 4, 4]], size=size)] * n)[:, None]
+  outputs = types.SimpleNamespace(visual=visual, audio=audio, gt_maps=sounding,
+                                  silent_maps=silent, silent_valid=np.ones((n, 1), bool),
+                                  responses=map_diagnostics.cosine_maps(visual, audio))
+  return outputs, groups, size
+
+
+def test_audio_swap_finds_maps_that_follow_the_sound():
+  """Own clip: the sounding object is the hottest (1.0). Another group's
+  clip is orthogonal to every cell, so the two objects tie (0.5)."""
+  outputs, groups, size = _swap_outputs(audio_follows_group=True)
+  own, other, corr = map_diagnostics.audio_swap_scores(outputs, groups, size)
+  np.testing.assert_array_equal(own, 1.0)
+  np.testing.assert_array_equal(other, 0.5)
+  assert abs(corr - 1.0) < 1e-9
+
+
+def test_audio_swap_finds_maps_that_ignore_the_sound():
+  """Every clip embeds alike: swapping changes no map, so no score."""
+  outputs, groups, size = _swap_outputs(audio_follows_group=False)
+  own, other, _ = map_diagnostics.audio_swap_scores(outputs, groups, size)
+  np.testing.assert_array_equal(own, other)
+  np.testing.assert_array_equal(own, 1.0)
+
+
+def test_means_by_group_and_group_cosines_against_loops():
+  rng = np.random.default_rng(6)
+  groups = rng.choice(["x", "y", "z"], size=30)
+  values, audio = rng.random(30), rng.normal(size=(30, 4))
+  got = map_diagnostics.means_by_group(values, groups)
+  for g in "xyz":
+    chosen = [v for v, h in zip(values, groups) if h == g]
+    assert got[g][1] == len(chosen) and abs(got[g][0] - np.mean(chosen)) < 1e-12
+  unit = audio / np.linalg.norm(audio, axis=1, keepdims=True)
+  same = [unit[i] @ unit[j] for i in range(30) for j in range(30) if i != j and groups[i] == groups[j]]
+  different = [unit[i] @ unit[j] for i in range(30) for j in range(30) if groups[i] != groups[j]]
+  within, across = map_diagnostics.group_cosines(audio, groups)
+  assert abs(within - np.mean(same)) < 1e-12 and abs(across - np.mean(different)) < 1e-12
