@@ -341,6 +341,30 @@ def test_unseen_groups_never_appear_outside_test_unseen(built):
       built["builder"].info.metadata["groups"]["seen"])
 
 
+def test_named_unseen_groups_replace_the_draw():
+  """`unseen_groups` fixes test_unseen whatever the seed; a name that is not a
+  group that can sound, or holding out every such group, is refused by name.
+  The `_kin` variants name the kin list."""
+  import types
+  from soundloc_jax.data_builders.stamps import generate
+  catalog = types.SimpleNamespace(root="/pkg", sounding_groups=lambda: ["a", "b", "c", "d"],
+                                  silent_only_groups=lambda: ["s"])
+  for seed in (0, 1, 2):
+    plan = generate.make_plan(catalog, seed, 0.5, unseen_groups=("d", "b"))
+    assert (plan.unseen, plan.seen, plan.silent_only) == (("b", "d"), ("a", "c"), ("s",))
+  drawn = {generate.make_plan(catalog, seed, 0.5).unseen for seed in range(8)}
+  assert len(drawn) > 1  # without names the seed draws them
+  with pytest.raises(DatasetError, match=r"\['s', 'x'\].*a, b, c, d"):
+    generate.make_plan(catalog, 0, 0.5, unseen_groups=("a", "s", "x"))
+  with pytest.raises(DatasetError, match="at least one must stay seen"):
+    generate.make_plan(catalog, 0, 0.5, unseen_groups=("a", "b", "c", "d"))
+  sb = _builder_module()
+  kin = sb.config_from_name("px96_clip2s_kin")
+  assert kin.name == "px96_clip2s_kin" and kin.unseen_groups == sb.KIN_UNSEEN
+  assert kin.image_size == 96 and kin.audio["clip_seconds"] == 2.0
+  assert sb.config_from_name("px96").unseen_groups == ()
+
+
 def test_excluded_groups_never_appear_anywhere(built):
   meta = built["builder"].info.metadata
   assert meta["excluded"]["groups"] == {"owl": ["critters/owl.png"]}

@@ -86,16 +86,28 @@ class Plan:
     return tuple(sorted(self.seen + (self.unseen if split == "test_unseen" else ())))
 
 
-def make_plan(catalog, seed: int, unseen_fraction: float) -> Plan:
+def make_plan(catalog, seed: int, unseen_fraction: float, unseen_groups=()) -> Plan:
   """`round(unseen_fraction * n)` (at least 1) of the n groups that can sound,
-  drawn from `seed`, form test_unseen; the others are seen."""
+  drawn from `seed`, form test_unseen; the others are seen. A non-empty
+  `unseen_groups` names the test_unseen groups instead (each must be a group
+  that can sound, and at least one such group must stay seen)."""
   sounding = catalog.sounding_groups()
   if len(sounding) < 2:
     raise DatasetError(f"stamps: {catalog.root} has {len(sounding)} group(s) with a usable sound "
                        "effect; need at least 2 (one seen, one unseen)")
-  n_unseen = min(len(sounding) - 1, max(1, int(round(unseen_fraction * len(sounding)))))
-  order = np.random.default_rng([seed, 7]).permutation(len(sounding))
-  unseen = tuple(sorted(sounding[i] for i in order[:n_unseen]))
+  if unseen_groups:
+    unknown = sorted(set(unseen_groups) - set(sounding))
+    if unknown:
+      raise DatasetError(f"stamps: unseen_groups {unknown} are not groups that can sound in "
+                         f"{catalog.root}; those are: {', '.join(sounding)}")
+    if set(unseen_groups) >= set(sounding):
+      raise DatasetError("stamps: unseen_groups holds every group that can sound; at least one "
+                         "must stay seen")
+    unseen = tuple(sorted(set(unseen_groups)))
+  else:
+    n_unseen = min(len(sounding) - 1, max(1, int(round(unseen_fraction * len(sounding)))))
+    order = np.random.default_rng([seed, 7]).permutation(len(sounding))
+    unseen = tuple(sorted(sounding[i] for i in order[:n_unseen]))
   seen = tuple(sorted(set(sounding) - set(unseen)))
   return Plan(seen=seen, unseen=unseen, silent_only=tuple(catalog.silent_only_groups()))
 

@@ -60,14 +60,28 @@ class StampsConfig(tfds.core.BuilderConfig):
   """`image_size` S (square images; boxes in its pixels), `audio` the front end
   (`audio.log_spectrogram` params; its `clip_seconds` is the clip length),
   `sizes` per split, `seed` of every random draw, `unseen_fraction` of the
-  groups that can sound held out for test_unseen, `num_workers` preparation
-  processes (0 = $SOUNDLOC_BUILD_WORKERS or all cores)."""
+  groups that can sound held out for test_unseen (drawn from `seed`), or
+  `unseen_groups` naming them instead, `num_workers` preparation processes
+  (0 = $SOUNDLOC_BUILD_WORKERS or all cores)."""
   image_size: int = 96
   audio: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_AUDIO))
   sizes: dict = dataclasses.field(default_factory=lambda: dict(FULL_SIZES))
   seed: int = SEED
   unseen_fraction: float = UNSEEN_FRACTION
+  unseen_groups: tuple = ()
   num_workers: int = 0
+
+
+# The `_kin` variants' test_unseen groups: 11 animals (as many as the default
+# draw holds out) each of which keeps a group of its own kind, by look and by
+# call, among the seen ones: heron, duck, gull and chicken (gander, black_bird,
+# lark, turkey, ... stay seen), lion and canine (bear, blackcat, ferret), pig
+# and goat_sheep (cattle, camel, deer, equine), orca (whale, sea_lion), bee
+# (moth_butterfly), mouse_rat (rabbit, ferret). The default draw holds out 11
+# groups of which only heron, lion and pig have such kin, so its test_unseen
+# cannot tell whether a model would transfer to a new object of a known kind.
+KIN_UNSEEN = ("bee", "canine", "chicken", "duck", "goat_sheep", "gull", "heron", "lion",
+              "mouse_rat", "orca", "pig")
 
 
 CONFIG_ENV = "SOUNDLOC_STAMPS_CONFIG"
@@ -81,20 +95,22 @@ def config_from_name(name: str) -> StampsConfig:
   name holds every non-default field, so each variant has its own directory
   (`<data_dir>/stamps/<name>/1.0.0`)."""
   import re
-  match = re.fullmatch(r"px(\d+)(?:_clip(\d+(?:\.\d+)?)s)?(_lvs)?", name)
+  match = re.fullmatch(r"px(\d+)(?:_clip(\d+(?:\.\d+)?)s)?(_lvs)?(_kin)?", name)
   if name != "default" and not match:
-    raise ValueError(f"stamps config {name!r}: expected 'default' or px<S>[_clip<seconds>s][_lvs], "
-                     "e.g. px64, px128_clip2s, px96_lvs")
-  size, clip, lvs = (96, None, None) if name == "default" else match.groups()
+    raise ValueError(f"stamps config {name!r}: expected 'default' or "
+                     "px<S>[_clip<seconds>s][_lvs][_kin], e.g. px64, px128_clip2s, px96_kin")
+  size, clip, lvs, kin = (96, None, None, None) if name == "default" else match.groups()
   front_end = dict(LVS_FRONT_END if lvs else DEFAULT_AUDIO)
   front_end["clip_seconds"] = float(clip) if clip else 1.0
   clip_name = f"_clip{float(clip):g}s" if clip and float(clip) != 1.0 else ""
-  canonical = f"px{int(size)}{clip_name}" + ("_lvs" if lvs else "")
+  canonical = f"px{int(size)}{clip_name}" + ("_lvs" if lvs else "") + ("_kin" if kin else "")
   if canonical == "px96":
     canonical = "default"
   desc = (f"{int(size)} x {int(size)} images, {front_end['clip_seconds']:g} s "
-          f"{'LVS PSD' if lvs else 'log-mel'} {audio_lib.spectrogram_shape(front_end)}.")
-  return StampsConfig(name=canonical, description=desc, image_size=int(size), audio=front_end)
+          f"{'LVS PSD' if lvs else 'log-mel'} {audio_lib.spectrogram_shape(front_end)}"
+          + ("; test_unseen holds out animals with kin among the seen groups." if kin else "."))
+  return StampsConfig(name=canonical, description=desc, image_size=int(size), audio=front_end,
+                      unseen_groups=KIN_UNSEEN if kin else ())
 
 
 def default_config() -> StampsConfig:
@@ -197,7 +213,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             audio=audio_lib.params_dict(cfg.audio), image_size=int(cfg.image_size),
             gt_format=gt_format(cfg.image_size), seed=int(cfg.seed),
             sizes={k: int(v) for k, v in cfg.sizes.items()},
-            unseen_fraction=float(cfg.unseen_fraction), package=catalog_lib.PACKAGE,
+            unseen_fraction=float(cfg.unseen_fraction),
+            unseen_groups=list(cfg.unseen_groups), package=catalog_lib.PACKAGE,
             licence="GPL-2+ (the package's media); generated data is not redistributed",
             generation=_generation_constants()))
 
@@ -216,7 +233,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                          f"{catalog_lib.MAKE_COMMANDS}") from e
     catalog = catalog_lib.load_catalog(manual_dir, int(cfg.audio["sample_rate"]),
                                        max_side=2 * int(cfg.image_size), log=builder_lib.log)
-    plan = generate.make_plan(catalog, int(cfg.seed), float(cfg.unseen_fraction))
+    plan = generate.make_plan(catalog, int(cfg.seed), float(cfg.unseen_fraction),
+                              tuple(cfg.unseen_groups))
     meta = self.info.metadata
     meta["package_version"] = catalog.version
     meta["groups"] = {"seen": list(plan.seen), "unseen": list(plan.unseen),
