@@ -36,6 +36,10 @@ For each run (its latest checkpoint, its own config), on one annotated split:
   decides which object is hot. Then the test per sounding group, and the
   audio embeddings' mean cosine within a sounding group against across
   groups: whether the audio encoder still tells the split's sounds apart.
+  With `--nearest_from=test`, for each sounding group of `--split` the
+  groups of that other split whose mean audio embedding is nearest to its
+  clips most often: on `test_unseen`, which seen sounds a new sound is
+  taken for (kin, or an unrelated group).
 
 Used for the readings of docs/results.md#real-media-benchmark-stamps.
 """
@@ -155,6 +159,19 @@ def group_cosines(audio, groups) -> tuple[float, float]:
   return float(sims[same & ~np.eye(len(a), dtype=bool)].mean()), float(sims[~same].mean())
 
 
+def nearest_groups(audio, reference_audio, reference_groups) -> np.ndarray:
+  """`[N]` for each row of `audio` [N, d], the group of `reference_groups`
+  whose mean unit-normalised embedding in `reference_audio` [M, d] has the
+  highest cosine with it."""
+  def unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  ref, names = unit(reference_audio), np.asarray(reference_groups)
+  groups = sorted(set(names.tolist()))
+  centroids = unit(np.stack([ref[names == g].mean(axis=0) for g in groups]))
+  return np.asarray(groups)[(unit(audio) @ centroids.T).argmax(axis=1)]
+
+
 def sounding_groups(source) -> list[str] | None:
   if "group" not in source.dataset_info.features:
     return None
@@ -182,6 +199,9 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("workdirs", nargs="+")
   p.add_argument("--split", default="test")
+  p.add_argument("--nearest_from", default="",
+                 help="another split with sounding groups (e.g. test): name the groups of it "
+                      "whose mean audio embedding is nearest to each group's clips")
   args = p.parse_args(argv)
   from soundloc_jax import data, inference, state as state_lib
   from soundloc_jax.evaluation import evaluators, protocol
@@ -219,6 +239,12 @@ def main(argv=None) -> None:
     groups = sounding_groups(source) if outputs.silent_maps is not None else None
     if groups is not None:
       print_audio_swap(outputs, groups, config.eval.size)
+      if args.nearest_from:
+        reference = data.open_source(name, args.nearest_from, data_dir)
+        ref_outputs = evaluators.SplitEvaluator(args.nearest_from, reference, config).collect(
+            lambda im, sp: predict(run.params, run.batch_stats, im, sp), features=True)
+        print_nearest(outputs.audio, groups, ref_outputs.audio, sounding_groups(reference),
+                      args.nearest_from)
 
 
 def print_audio_swap(outputs, groups, size: int) -> None:
@@ -235,6 +261,17 @@ def print_audio_swap(outputs, groups, size: int) -> None:
   same, different = group_cosines(outputs.audio, groups)
   print(f"  audio embeddings' mean cosine: same sounding group {same:.3f}, different groups "
         f"{different:.3f}", flush=True)
+
+
+def print_nearest(audio, groups, reference_audio, reference_groups, reference: str) -> None:
+  nearest, groups = nearest_groups(audio, reference_audio, reference_groups), np.asarray(groups)
+  parts = []
+  for g in sorted(set(groups.tolist())):
+    names, counts = np.unique(nearest[groups == g], return_counts=True)
+    top = np.argsort(-counts, kind="stable")[:2]
+    parts.append(f"{g} -> " + ", ".join(f"{names[i]} {counts[i]}" for i in top)
+                 + f" (of {(groups == g).sum()})")
+  print(f"  nearest {reference} group by mean audio embedding: " + "; ".join(parts), flush=True)
 
 
 if __name__ == "__main__":

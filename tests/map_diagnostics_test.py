@@ -177,3 +177,24 @@ def test_means_by_group_and_group_cosines_against_loops():
   different = [unit[i] @ unit[j] for i in range(30) for j in range(30) if groups[i] != groups[j]]
   within, across = map_diagnostics.group_cosines(audio, groups)
   assert abs(within - np.mean(same)) < 1e-12 and abs(across - np.mean(different)) < 1e-12
+
+
+def test_nearest_groups_against_a_loop():
+  """Each clip's nearest reference group by cosine with the groups' mean unit
+  embeddings, against a loop; clips drawn around one group's centre land on it."""
+  rng = np.random.default_rng(7)
+  centres = rng.normal(size=(3, 8)) * 3
+  ref_groups = np.repeat(["p", "q", "r"], 10)
+  reference = centres.repeat(10, axis=0) + rng.normal(size=(30, 8))
+  audio = np.concatenate([centres[[2]] + 0.3 * rng.normal(size=(5, 8)), rng.normal(size=(15, 8))])
+  got = map_diagnostics.nearest_groups(audio, reference, ref_groups)
+  assert (got[:5] == "r").all()
+  unit = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+  for a, name in zip(audio, got):
+    best, best_cos = None, -2.0
+    for g in ("p", "q", "r"):
+      c = unit[ref_groups == g].mean(axis=0)
+      cos = a @ c / np.linalg.norm(a) / np.linalg.norm(c)
+      if cos > best_cos:
+        best, best_cos = g, cos
+    assert name == best
