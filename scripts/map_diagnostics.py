@@ -241,10 +241,13 @@ def main(argv=None) -> None:
       print_audio_swap(outputs, groups, config.eval.size)
       if args.nearest_from:
         reference = data.open_source(name, args.nearest_from, data_dir)
+        ref_groups = sounding_groups(reference)
+        if ref_groups is None:
+          raise SystemExit(f"--nearest_from={args.nearest_from}: split {args.nearest_from!r} of "
+                           f"{name} stores no 'group' per example")
         ref_outputs = evaluators.SplitEvaluator(args.nearest_from, reference, config).collect(
             lambda im, sp: predict(run.params, run.batch_stats, im, sp), features=True)
-        print_nearest(outputs.audio, groups, ref_outputs.audio, sounding_groups(reference),
-                      args.nearest_from)
+        print_nearest(outputs.audio, groups, ref_outputs.audio, ref_groups, args.nearest_from)
 
 
 def print_audio_swap(outputs, groups, size: int) -> None:
