@@ -117,14 +117,16 @@ def other_group_partners(groups, seed: int = 0) -> np.ndarray:
   return partners
 
 
+def _unit(x) -> np.ndarray:
+  """`x` in float64 with its last axis scaled to unit length."""
+  x = np.asarray(x, np.float64)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def cosine_maps(visual: np.ndarray, audio: np.ndarray) -> np.ndarray:
   """`[N, h, w]` cosine of each patch feature of `visual` [N, h, w, d] with
   the matching row of `audio` [N, d]."""
-  v = np.asarray(visual, np.float64)
-  a = np.asarray(audio, np.float64)
-  v = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-  a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-  return np.einsum("nhwd,nd->nhw", v, a)
+  return np.einsum("nhwd,nd->nhw", _unit(visual), _unit(audio))
 
 
 def audio_swap_scores(outputs, groups, size: int, seed: int = 0):
@@ -152,8 +154,7 @@ def means_by_group(values, groups) -> dict:
 def group_cosines(audio, groups) -> tuple[float, float]:
   """Mean cosine of the embeddings in `audio` [N, d] over pairs of distinct
   items of the same group, and over pairs of different groups."""
-  a = np.asarray(audio, np.float64)
-  a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+  a = _unit(audio)
   sims, groups = a @ a.T, np.asarray(groups)
   same = groups[:, None] == groups[None]
   return float(sims[same & ~np.eye(len(a), dtype=bool)].mean()), float(sims[~same].mean())
@@ -163,13 +164,10 @@ def nearest_groups(audio, reference_audio, reference_groups) -> np.ndarray:
   """`[N]` for each row of `audio` [N, d], the group of `reference_groups`
   whose mean unit-normalised embedding in `reference_audio` [M, d] has the
   highest cosine with it."""
-  def unit(x):
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-  ref, names = unit(reference_audio), np.asarray(reference_groups)
+  ref, names = _unit(reference_audio), np.asarray(reference_groups)
   groups = sorted(set(names.tolist()))
-  centroids = unit(np.stack([ref[names == g].mean(axis=0) for g in groups]))
-  return np.asarray(groups)[(unit(audio) @ centroids.T).argmax(axis=1)]
+  centroids = _unit(np.stack([ref[names == g].mean(axis=0) for g in groups]))
+  return np.asarray(groups)[(_unit(audio) @ centroids.T).argmax(axis=1)]
 
 
 def sounding_groups(source) -> list[str] | None:
