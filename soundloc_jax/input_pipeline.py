@@ -21,8 +21,9 @@ are mapped to it):
   * `index`        int64   `[B]`           position in the split (host only)
 Evaluation batches (`eval_batches`) hold the final `image` (no `flip`), a
 float32 `spectrogram`, `valid`, and for real test splits `gt_map` float32
-`[B, S, S]`: the ground-truth map at the evaluation size (host only, see
-below); test splits storing `silent_boxes` (stamps) also hold `silent_maps`
+`[B, S, S]`: the ground-truth map at the evaluation size and `gt_count`
+int32 `[B]`, the number of boxes stored (0: the source is off-screen, the
+extended protocol's negatives) (host only, see below); test splits storing `silent_boxes` (stamps) also hold `silent_maps`
 float32 `[B, K, S, S]` and `silent_valid` bool `[B, K]`: one map per silent
 object, padded (host only).
 Data sources come from `data.open_source` (`tfds.data_source` over
@@ -117,6 +118,8 @@ def preprocess(example: dict, *, image_size: int, augment: bool, rng: np.random.
   }
   if gt_format and "gt_boxes" in example:
     out["gt_map"] = annotations.gt_map_from_boxes(example["gt_boxes"], gt_format, gt_size)
+    # boxes stored: 0 = the sound's source is not in the frame (extended protocol)
+    out["gt_count"] = np.int32(np.asarray(example["gt_boxes"]).reshape(-1, 4).shape[0])
   if gt_format and np.size(example.get("silent_boxes", ())):
     out["silent_maps"], out["silent_valid"] = annotations.silent_maps_from_boxes(
         example["silent_boxes"], gt_format, gt_size)

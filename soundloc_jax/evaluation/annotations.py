@@ -202,12 +202,25 @@ def has_annotations(batch: dict) -> bool:
   return "gt_map" in batch or "box" in batch
 
 
+def offscreen_splits(source) -> tuple:
+  """The splits the dataset metadata lists as `offscreen_splits`: annotated
+  splits in which an example may hold no box, its sound's source not being in
+  the frame (the extended protocol's negatives; `evaluation.extended`)."""
+  info = getattr(source, "dataset_info", None)
+  metadata = getattr(info, "metadata", None) or {}
+  return tuple(str(s) for s in (metadata.get("offscreen_splits", ()) or ()))
+
+
 def source_is_annotated(source) -> bool:
   """Whether a split's examples carry localization ground truth (its first one
   has `box`, or at least one `gt_boxes` row with a `gt_format` in the dataset
-  metadata: real validation splits store an empty `[0, 4]`)."""
+  metadata: real validation splits store an empty `[0, 4]`; or the metadata
+  lists the split in `offscreen_splits`, where an empty `[0, 4]` is a pair
+  whose source is off-screen)."""
   if len(source) == 0:
     return False
+  if gt_format_of(source) and str(getattr(source, "split", "")) in offscreen_splits(source):
+    return True
   example = source[0]
   return "box" in example or (np.size(example.get("gt_boxes", ())) > 0
                               and bool(gt_format_of(source)))

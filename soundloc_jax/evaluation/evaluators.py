@@ -22,7 +22,16 @@ Evaluators (`EVALUATORS`; `config.evals` lists them per role):
                   `r5` (how often a sound's own image is the top-1 / in the
                   top 5), `median_rank` and the chance levels; per sample:
                   `ranks`. Needs the model's features (an output dict).
-Both also yield `n`. A split without annotations (real data has no annotated
+  "extended"      the extended protocol (SLAVC; `evaluation.extended`, its
+                  rules): `ap`, `max_f1` over the split's pairs, positives
+                  those with a box, negatives those without (off-screen);
+                  the confidence distribution; `false_alarm` / `lit_offscreen`,
+                  how often a pair with nothing sounding in its image gets a
+                  confidence >= `eval.extended.confidence_threshold` (and its
+                  peak on an object); per probe of `eval.extended.probes`
+                  ("silence", "noise": the same images with that sound) the
+                  same over the split's positives + every image with the probe.
+All also yield `n`. A split without annotations (real data has no annotated
 validation split) skips the evaluators that need them and runs
 `config.evals.unannotated` as well (`evaluator_names`), so it is scored by
 retrieval and never reports a cIoU.
@@ -37,7 +46,7 @@ import numpy as np
 
 from soundloc_jax import input_pipeline
 from soundloc_jax.errors import ConfigError, DatasetError
-from soundloc_jax.evaluation import annotations, objects, protocol
+from soundloc_jax.evaluation import annotations, extended, objects, protocol
 
 
 @dataclasses.dataclass
@@ -50,6 +59,15 @@ class SplitOutputs:
   audio: np.ndarray | None = None   # [N, d]
   silent_maps: np.ndarray | None = None   # [N, K, S, S] when the split stores silent boxes
   silent_valid: np.ndarray | None = None  # [N, K]
+  # [N] bool: the sample has a box (its source is visible); None: every sample does
+  visible: np.ndarray | None = None
+  # probe name -> [N, h, w]: the maps with the probe's sound (`eval.extended.probes`)
+  probe_responses: dict | None = None
+
+  def visible_index(self) -> np.ndarray:
+    """Indices of the samples whose source is visible (all, without `visible`)."""
+    n = len(self.ids)
+    return np.arange(n) if self.visible is None else np.flatnonzero(self.visible)
 
 
 @dataclasses.dataclass
@@ -71,10 +89,22 @@ class Evaluator:
   metrics: tuple                                # the names it yields
   needs_annotations: bool = False
   needs_features: bool = False
+  needs_probes: bool = False
+
+
+def _zeros(names, n=0) -> dict:
+  """Every metric 0.0 and `n`: the defined score of a split with no sample to score."""
+  return {**{m: 0.0 for m in names if m != "n"}, "n": n}
 
 
 def _localization(outputs: SplitOutputs, ev) -> Scores:
-  responses, gt_maps = outputs.responses, outputs.gt_maps
+  # Only pairs whose source is visible are localized (the extended protocol's
+  # off-screen pairs have no box); per-sample cIoU 0.0 for the others.
+  keep = outputs.visible_index()
+  if keep.size == 0:
+    return Scores(_zeros(EVALUATORS["localization"].metrics),
+                  {"cious": np.zeros(len(outputs.ids))})
+  responses, gt_maps = outputs.responses[keep], outputs.gt_maps[keep]
   cious, summary = protocol.evaluate_maps(
       responses, gt_maps, protocol=ev.protocol, size=ev.size, threshold=ev.threshold,
       order=ev.order, success_threshold=ev.success_threshold)
@@ -85,14 +115,23 @@ def _localization(outputs: SplitOutputs, ev) -> Scores:
              "ciou_ci95_lo": summary["ciou_ci95"][0], "ciou_ci95_hi": summary["ciou_ci95"][1],
              "ciou_median": median["ciou"], "auc_median": median["auc"], "pointing": pointing[0],
              "pointing_ci95_lo": pointing[1], "pointing_ci95_hi": pointing[2],
-             "n": len(outputs.ids)}
-  return Scores(metrics, {"cious": np.asarray(cious)}, summary)
+             "n": len(keep)}
+  full = np.zeros(len(outputs.ids))
+  full[keep] = cious
+  return Scores(metrics, {"cious": full}, summary)
 
 
 def _silent_object(outputs: SplitOutputs, ev) -> Scores:
   if outputs.silent_maps is None:
     raise DatasetError("evaluator 'silent_object' needs the silent objects' boxes "
                        "('silent_boxes', e.g. the stamps benchmark), which this split lacks")
+  keep = outputs.visible_index()
+  if keep.size == 0:
+    return Scores(_zeros(EVALUATORS["silent_object"].metrics))
+  outputs = dataclasses.replace(
+      outputs, ids=[outputs.ids[i] for i in keep], responses=outputs.responses[keep],
+      gt_maps=outputs.gt_maps[keep], silent_maps=outputs.silent_maps[keep],
+      silent_valid=outputs.silent_valid[keep], visible=None, probe_responses=None)
   scores = objects.silent_object_scores(outputs.responses, outputs.gt_maps, outputs.silent_maps,
                                         outputs.silent_valid, size=ev.size)
   mean, lo, hi = protocol.mean_ci95(scores)
@@ -145,6 +184,68 @@ def _retrieval(outputs: SplitOutputs, ev) -> Scores:
   return Scores(retrieval_metrics(ranks), {"ranks": ranks})
 
 
+def _object_maps(outputs: SplitOutputs) -> np.ndarray:
+  """`[N, 1 + K, S, S]`: each image's objects, the sounding one (if any) and
+  the silent ones (zero maps where there are none)."""
+  maps = [outputs.gt_maps[:, None]]
+  if outputs.silent_maps is not None:
+    maps.append(np.asarray(outputs.silent_maps) * np.asarray(outputs.silent_valid)[..., None, None])
+  return np.concatenate(maps, axis=1)
+
+
+def _extended(outputs: SplitOutputs, ev) -> Scores:
+  x, n = ev.extended, len(outputs.ids)
+  visible = np.ones(n, bool) if outputs.visible is None else np.asarray(outputs.visible, bool)
+  cious = np.zeros(n)
+  if visible.any():
+    cious[visible] = protocol.score_maps(
+        outputs.responses[visible], outputs.gt_maps[visible], protocol=ev.protocol, size=ev.size,
+        threshold=ev.threshold, order=ev.order)
+  conf = extended.confidences(outputs.responses, x.confidence, ev.size)
+  lit = extended.lit_objects(outputs.responses, _object_maps(outputs), ev.size)
+  confident = np.nan_to_num(conf, nan=-np.inf) >= x.confidence_threshold
+
+  def block(positive, ciou, c, prefix=""):
+    return {prefix + k: v for k, v in extended.ap_max_f1(
+        positive, ciou, c, x.iou_threshold, x.ap_rule).items()}
+
+  metrics = {**block(visible, cious, conf), "n_visible": int(visible.sum()),
+             "n_offscreen": int((~visible).sum()), "n_conf_nan": int(np.isnan(conf).sum()),
+             **extended.confidence_summary(conf[visible], "conf_visible"),
+             **extended.confidence_summary(conf[~visible], "conf_offscreen"),
+             "false_alarm": extended.rate(confident[~visible]),
+             "lit_offscreen": extended.rate((confident & lit)[~visible])}
+  per_sample = {"confidence": conf}
+  for name, responses in (outputs.probe_responses or {}).items():
+    probe = extended.confidences(responses, x.confidence, ev.size)
+    probe_lit = extended.lit_objects(responses, _object_maps(outputs), ev.size)
+    probe_confident = np.nan_to_num(probe, nan=-np.inf) >= x.confidence_threshold
+    own, other = np.nan_to_num(conf, nan=-np.inf), np.nan_to_num(probe, nan=-np.inf)
+    metrics.update({
+        **block(np.concatenate([visible[visible], np.zeros(n, bool)]),
+                np.concatenate([cious[visible], np.zeros(n)]),
+                np.concatenate([conf[visible], probe]), f"{name}_"),
+        **extended.confidence_summary(probe, f"conf_{name}"),
+        f"false_alarm_{name}": extended.rate(probe_confident),
+        f"lit_{name}": extended.rate(probe_confident & probe_lit),
+        # paired: how often the image's own sound is more confident than the probe
+        f"own_above_{name}": extended.rate(((own > other) + 0.5 * (own == other))[visible])})
+    per_sample[f"confidence_{name}"] = probe
+  metrics["n"] = n
+  return Scores(metrics, per_sample)
+
+
+_EXTENDED_BASE = ("ap", "max_f1", "max_f1_conf", "n_visible", "n_offscreen", "n_conf_nan") + tuple(
+    f"conf_{w}_{k}" for w in ("visible", "offscreen") for k in ("mean", "p10", "p50", "p90")) + (
+    "false_alarm", "lit_offscreen")
+_EXTENDED_PROBE = ("ap", "max_f1", "max_f1_conf")
+EXTENDED_METRICS = _EXTENDED_BASE + tuple(
+    m for p in extended.PROBES for m in (
+        tuple(f"{p}_{k}" for k in _EXTENDED_PROBE)
+        + tuple(f"conf_{p}_{k}" for k in ("mean", "p10", "p50", "p90"))
+        + (f"false_alarm_{p}", f"lit_{p}", f"own_above_{p}"))) + ("n",)
+
+
 EVALUATORS = {e.name: e for e in (
     Evaluator("localization", _localization, needs_annotations=True,
               metrics=("ciou", "auc", "ciou_ci95_lo", "ciou_ci95_hi", "ciou_median",
@@ -154,6 +255,8 @@ EVALUATORS = {e.name: e for e in (
                        "peak_silent_ci95_lo", "peak_silent_ci95_hi", "n")),
     Evaluator("retrieval", _retrieval, needs_features=True,
               metrics=("r1", "r5", "median_rank", "r1_chance", "r5_chance", "n")),
+    Evaluator("extended", _extended, needs_annotations=True, needs_probes=True,
+              metrics=EXTENDED_METRICS),
 )}
 
 
@@ -205,6 +308,9 @@ class EvalResult:
     if "silent" in m:
       parts.append(f"silent-object test {m['silent']:.3f} [{m['silent_ci95_lo']:.3f}, "
                    f"{m['silent_ci95_hi']:.3f}], peak on a silent object {m['peak_silent']:.3f}")
+    if "max_f1" in m:
+      parts.append(f"extended AP {m['ap']:.3f} max-F1 {m['max_f1']:.3f} ({m['n_visible']} visible, "
+                   f"{m['n_offscreen']} off-screen; false alarm {m['false_alarm']:.3f})")
     if self.ranks is not None:
       parts.append(f"retrieval R@1 {m['r1']:.3f} R@5 {m['r5']:.3f} (chance {m['r1_chance']:.3f}"
                    f" / {m['r5_chance']:.3f})")
@@ -234,7 +340,9 @@ class SplitEvaluator:
                         f"available: {', '.join(available)}")
 
   def run(self, predict_fn) -> EvalResult:
-    outputs = self.collect(predict_fn, any(e.needs_features for e in self.evaluators))
+    probes = (tuple(self.config.eval.extended.probes)
+              if any(e.needs_probes for e in self.evaluators) else ())
+    outputs = self.collect(predict_fn, any(e.needs_features for e in self.evaluators), probes)
     metrics, per_sample, summary = {}, {}, {}
     for evaluator in self.evaluators:
       scores = evaluator.score(outputs, self.config.eval)
@@ -246,12 +354,29 @@ class SplitEvaluator:
                       outputs.responses, outputs.gt_maps, summary, per_sample.get("ranks"),
                       outputs.audio)
 
-  def collect(self, predict_fn, features: bool = False) -> SplitOutputs:
+  def probe_spectrograms(self, probes) -> dict:
+    """probe name -> `[F, T]` spectrogram of its clip, with the front end the
+    split's spectrograms have (`config.audio`, or the LVS test front end under
+    `eval.audio="lvs_test"`). ConfigError names an unknown probe."""
+    from soundloc_jax import audio as audio_lib
+    front_end = audio_lib.LVS_TEST if self.config.eval.audio == "lvs_test" else self.config.audio
+    for name in probes:
+      if name not in extended.PROBES:
+        raise ConfigError(f"config.eval.extended.probes: unknown probe {name!r}; available: "
+                          f"{', '.join(extended.PROBES)}")
+    return {name: extended.probe_spectrogram(name, front_end) for name in probes}
+
+  def collect(self, predict_fn, features: bool = False, probes=()) -> SplitOutputs:
     """The split's maps (and with `features` the model's features), gt maps
     and silent-object maps, in the split's order; what `run` scores (also
-    for diagnostics, e.g. scripts/map_diagnostics.py)."""
+    for diagnostics, e.g. scripts/map_diagnostics.py). `probes` (names of
+    `extended.PROBES`): also the maps of every image with that probe's
+    sound. DatasetError when a probe's spectrogram does not have the shape
+    of the split's."""
     ev, ds = self.config.eval, self.config.dataset
     responses, gts, ids, visual, audio, silent, silent_valid = [], [], [], [], [], [], []
+    visible, probe_specs = [], self.probe_spectrograms(probes)
+    probe_maps = {name: [] for name in probes}
     for batch in input_pipeline.eval_batches(
         self.source, batch_size=ev.batch_size, image_size=ds.image_size,
         num_threads=ds.num_workers, gt_format=annotations.gt_format_of(self.source),
@@ -269,6 +394,18 @@ class SplitEvaluator:
       if features:
         visual.append(np.asarray(outputs["visual_features"], np.float32)[valid])
         audio.append(np.asarray(outputs["audio_embedding"], np.float32)[valid])
+      for name, spec in probe_specs.items():
+        if spec.shape != batch["spectrogram"].shape[1:]:
+          raise DatasetError(
+              f"split {self.name!r}: probe {name!r} has a {spec.shape} spectrogram with "
+              f"config.audio, the split's are {batch['spectrogram'].shape[1:]}; set "
+              "config.audio to the dataset's front end")
+        specs = np.broadcast_to(spec, batch["spectrogram"].shape).astype(batch["spectrogram"].dtype)
+        probe_out = predict_fn(batch["image"], specs)
+        probe_out = probe_out["response"] if isinstance(probe_out, dict) else probe_out
+        probe_maps[name].append(np.asarray(probe_out, np.float32)[valid])
+      if "gt_count" in batch:
+        visible.append(np.asarray(batch["gt_count"])[valid] > 0)
       if self.annotated:
         gts.append(annotations.gt_maps_from_batch(batch, ev.size, ds.image_size)[valid])
       if "silent_maps" in batch:
@@ -280,4 +417,6 @@ class SplitEvaluator:
                         np.concatenate(visual) if features else None,
                         np.concatenate(audio) if features else None,
                         np.concatenate(silent) if silent else None,
-                        np.concatenate(silent_valid) if silent else None)
+                        np.concatenate(silent_valid) if silent else None,
+                        np.concatenate(visible) if visible else None,
+                        {k: np.concatenate(v) for k, v in probe_maps.items()} if probes else None)

@@ -133,6 +133,11 @@ def select_overlay_samples(cious, k, seed=0) -> dict[str, np.ndarray]:
   }
 
 
+def _plain(fields) -> dict:
+  """A (nested) ConfigDict as plain dicts, for JSON."""
+  return fields.to_dict() if hasattr(fields, "to_dict") else dict(fields)
+
+
 def write_report(result, out_dir: str, source, config, num_samples: int = 4,
                  seed: int = 0, extra: dict | None = None) -> None:
   """An `evaluators.EvalResult`'s report in `out_dir`: `metrics.json` (the
@@ -147,7 +152,7 @@ def write_report(result, out_dir: str, source, config, num_samples: int = 4,
       row["ciou"] = float(c)
   for row, r in zip(per_sample, result.ranks if result.ranks is not None else ()):
     row["retrieval_rank"] = int(r)
-  record = {**(extra or {}), "split": result.split, "protocol": dict(config.eval),
+  record = {**(extra or {}), "split": result.split, "protocol": _plain(config.eval),
             **result.metrics,
             "success_curve": result.summary.get("success_curve"),
             "thresholds": result.summary.get("thresholds"), "per_sample": per_sample}
