@@ -187,6 +187,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.batch_size = 250
   c.eval.every_epochs = 1
   c.eval.num_overlays = 8            # fixed validation samples drawn per epoch
+  # The "extended" evaluator (evaluation/extended.py, docs/evaluation.md): AP and
+  # max-F1 over visible + off-screen pairs by the maps' localisation confidence.
+  c.eval.extended = ml_collections.ConfigDict()
+  c.eval.extended.confidence = "slavc"   # top-quarter mean of (h + 1) / 2; "peak", "mean"
+  c.eval.extended.ap_rule = "exact"      # or "slavc" (the released code's thresholds)
+  c.eval.extended.iou_threshold = 0.5    # a detected positive is found at cIoU >= this
+  c.eval.extended.confidence_threshold = 0.5  # "confident" for the false-alarm rates
+  c.eval.extended.probes = ()            # ("silence", "noise"): each image with that sound
 
   # Evaluators per role (soundloc_jax/evaluation/evaluators.py: "localization",
   # cIoU / AUC / pointing, needs box annotations; "retrieval", held-out audio ->
