@@ -193,7 +193,8 @@ def _object_maps(outputs: SplitOutputs) -> np.ndarray:
   return np.concatenate(maps, axis=1)
 
 
-def _extended(outputs: SplitOutputs, ev) -> Scores:
+def _extended_parts(outputs: SplitOutputs, ev, probes: bool = True):
+  """`(metrics, probe_metrics, per_sample)` of the `extended` evaluator."""
   x, n = ev.extended, len(outputs.ids)
   visible = np.ones(n, bool) if outputs.visible is None else np.asarray(outputs.visible, bool)
   cious = np.zeros(n)
@@ -215,13 +216,13 @@ def _extended(outputs: SplitOutputs, ev) -> Scores:
              **extended.confidence_summary(conf[~visible], "conf_offscreen"),
              "false_alarm": extended.rate(confident[~visible]),
              "lit_offscreen": extended.rate((confident & lit)[~visible])}
-  per_sample = {"confidence": conf}
-  for name, responses in (outputs.probe_responses or {}).items():
+  probe_metrics, per_sample = {}, {"confidence": conf}
+  for name, responses in ((outputs.probe_responses or {}) if probes else {}).items():
     probe = extended.confidences(responses, x.confidence, ev.size)
     probe_lit = extended.lit_objects(responses, _object_maps(outputs), ev.size)
     probe_confident = np.nan_to_num(probe, nan=-np.inf) >= x.confidence_threshold
     own, other = np.nan_to_num(conf, nan=-np.inf), np.nan_to_num(probe, nan=-np.inf)
-    metrics.update({
+    probe_metrics.update({
         **block(np.concatenate([visible[visible], np.zeros(n, bool)]),
                 np.concatenate([cious[visible], np.zeros(n)]),
                 np.concatenate([conf[visible], probe]), f"{name}_"),
@@ -231,8 +232,12 @@ def _extended(outputs: SplitOutputs, ev) -> Scores:
         # paired: how often the image's own sound is more confident than the probe
         f"own_above_{name}": extended.rate(((own > other) + 0.5 * (own == other))[visible])})
     per_sample[f"confidence_{name}"] = probe
-  metrics["n"] = n
-  return Scores(metrics, per_sample)
+  return metrics, probe_metrics, per_sample
+
+
+def _extended(outputs: SplitOutputs, ev) -> Scores:
+  metrics, probe_metrics, per_sample = _extended_parts(outputs, ev)
+  return Scores({**metrics, **probe_metrics, "n": len(outputs.ids)}, per_sample)
 
 
 _EXTENDED_BASE = ("ap", "max_f1", "max_f1_conf", "n_visible", "n_offscreen", "n_conf_nan") + tuple(
@@ -244,6 +249,36 @@ EXTENDED_METRICS = _EXTENDED_BASE + tuple(
         tuple(f"{p}_{k}" for k in _EXTENDED_PROBE)
         + tuple(f"conf_{p}_{k}" for k in ("mean", "p10", "p50", "p90"))
         + (f"false_alarm_{p}", f"lit_{p}", f"own_above_{p}"))) + ("n",)
+
+
+def concat_outputs(*parts: SplitOutputs) -> SplitOutputs:
+  """Several splits' outputs as one (e.g. a test split and its off-screen
+  split, the extended protocol's pairs): every part annotated; silent maps
+  kept when every part has them; probes dropped."""
+  def cat(name):
+    values = [getattr(p, name) for p in parts]
+    return None if any(v is None for v in values) else np.concatenate(values)
+  visible = [np.ones(len(p.ids), bool) if p.visible is None else p.visible for p in parts]
+  return SplitOutputs([i for p in parts for i in p.ids], cat("responses"), cat("gt_maps"),
+                      silent_maps=cat("silent_maps"), silent_valid=cat("silent_valid"),
+                      visible=np.concatenate(visible))
+
+
+def score_with_offscreen(config, name: str, source, offscreen_source, predict_fn) -> dict:
+  """The `extended` metrics of a split scored together with its off-screen
+  split (e.g. stamps `test` + `test_offscreen`: each image once with its own
+  sound, once with a sound from nowhere in it): AP, max-F1, the confidence
+  distributions, `false_alarm` / `lit_offscreen` over the union; the probes of
+  `config.eval.extended.probes` on `source`'s images (`<probe>_*`). The same
+  metric names as the evaluator; `n` counts the union."""
+  ev = config.eval
+  evaluator = SplitEvaluator(name, source, config, ("extended",))
+  own = evaluator.collect(predict_fn, probes=tuple(ev.extended.probes))
+  off = SplitEvaluator(f"{name} (off-screen)", offscreen_source, config, ("extended",)).collect(
+      predict_fn)
+  union, _, _ = _extended_parts(concat_outputs(own, off), ev, probes=False)
+  _, probes, _ = _extended_parts(own, ev)
+  return {**union, **probes, "n": len(own.ids) + len(off.ids)}
 
 
 EVALUATORS = {e.name: e for e in (
