@@ -42,9 +42,12 @@ from soundloc_jax import audio as audio_lib
 from soundloc_jax import builder_lib
 from soundloc_jax.errors import DatasetError
 
-SPLITS = ("train", "validation", "test", "test_unseen")
+SPLITS = ("train", "validation", "test", "test_unseen", "test_offscreen", "test_unseen_offscreen")
+# Off-screen splits: image i of the base split with a clip of a group that is
+# nowhere in it (`offscreen_example`); no object sounds, no `gt_boxes`.
+OFFSCREEN = {"test_offscreen": "test", "test_unseen_offscreen": "test_unseen"}
 ANNOTATED = ("train", "test", "test_unseen")   # validation is stored without boxes
-WAVEFORM_SPLITS = ("test", "test_unseen")      # store the 16-bit mix too
+WAVEFORM_SPLITS = ("test", "test_unseen") + tuple(OFFSCREEN)  # store the 16-bit mix too
 
 OBJECT_SIZE = (0.35, 0.65)      # longer side, fraction of S
 MAX_OVERLAP = 0.1               # box intersection / smaller box area
@@ -337,7 +340,10 @@ def make_example(catalog, plan: Plan, image_size: int, audio_params: dict, seed:
   """`(example, scene)`: the stored features (numpy / bytes, as the builder
   writes them; validation without boxes) and the full description of the
   composition (every object's stamp, group, size, mirror, position and box;
-  background; recording, speed, onset, noise, SNR, distractor)."""
+  background; recording, speed, onset, noise, SNR, distractor). An off-screen
+  split (`OFFSCREEN`) gives `offscreen_example`."""
+  if split in OFFSCREEN:
+    return offscreen_example(catalog, plan, image_size, audio_params, seed, split, index)
   rng = np.random.default_rng([int(seed), SPLITS.index(split), int(index)])
   size = int(image_size)
   sounding_group = _pick_group(plan.sounding(split), rng)
@@ -399,3 +405,56 @@ def make_example(catalog, plan: Plan, image_size: int, audio_params: dict, seed:
       "scene": json.dumps(stored_scene, sort_keys=True),
   }
   return example, {**scene, "image": image, "mix": mix}
+
+
+def offscreen_example(catalog, plan: Plan, image_size: int, audio_params: dict, seed: int,
+                      split: str, index: int) -> tuple[dict, dict]:
+  """Example `index` of an off-screen split: the image of example `index` of
+  its base split (`OFFSCREEN`: the same pixels), with a new sound of a group
+  that is nowhere in that image (no object, no background stamp), drawn from
+  the groups the base split sounds (seen for test, unseen for test_unseen;
+  if the image holds all of them, any audible group not in it; if every
+  audible group is in it, one that is only in its blurred background, which
+  `scene["offscreen"]["in_background"]` records: a tiny package only, the
+  real one has far more groups than an image shows) and mixed by
+  the same recipe (`sound`; its distractor, too, from a group not in the
+  image). So no object in the image sounds: `gt_boxes` is empty `[0, 4]` and
+  `silent_boxes` holds every object's box (the base's sounding one first);
+  `group` is the off-screen sound's group, `silent_groups` the objects'.
+  Its own RNG `(seed, split, index)`. DatasetError when every audible group
+  is an object of the image."""
+  base = OFFSCREEN[split]
+  base_example, scene = make_example(catalog, plan, image_size, audio_params, seed, base, index)
+  rng = np.random.default_rng([int(seed), SPLITS.index(split), int(index)])
+  objects = scene["objects"]
+  in_image = {o["group"] for o in objects} | {catalog.group_of(p) for p in scene["background"]["stamps"]}
+  objects_only = {o["group"] for o in objects}
+  tiers = ([g for g in plan.sounding(base) if g not in in_image],
+           [g for g in plan.audible(base) if g not in in_image],
+           [g for g in plan.audible(base) if g not in objects_only])  # only in the blurred background
+  tier = next((k for k, t in enumerate(tiers) if t), None)
+  if tier is None:
+    raise DatasetError(f"stamps: {split} example {index}: every audible group is an object in "
+                       f"the image of {base_example['id']}; no off-screen sound is possible")
+  group = _pick_group(tiers[tier], rng)
+  distractors = [g for g in plan.audible(base) if g not in in_image | {group}]
+  num = int(round(float(audio_params["clip_seconds"]) * int(audio_params["sample_rate"])))
+  mix, audio_desc = sound(catalog, group, distractors, num, rng)
+  pcm = builder_lib.to_pcm16(mix)
+  spec = audio_lib.log_spectrogram(pcm.astype(np.float32) / builder_lib.PCM_SCALE,
+                                   catalog.sample_rate, audio_params)
+  stored = {**{k: v for k, v in scene.items() if k not in ("image", "mix")}, "split": split,
+            "audio": audio_desc, "offscreen": {"group": group, "image_of": base_example["id"],
+                                  "in_background": tier == 2}}
+  example = {
+      "id": f"{split}_{int(index):06d}",
+      "image": base_example["image"],
+      "spectrogram": spec.astype(np.float16),
+      "waveform": pcm,
+      "gt_boxes": np.zeros((0, 4), np.float32),
+      "silent_boxes": np.asarray([o["box"] for o in objects], np.float32).reshape(-1, 4),
+      "group": group,
+      "silent_groups": "|".join(o["group"] for o in objects),
+      "scene": json.dumps(stored, sort_keys=True),
+  }
+  return example, {**stored, "image": scene["image"], "mix": mix}

@@ -12,7 +12,11 @@ Splits (sizes of the `default` config): `train` 6000, `validation` 500
 (stored WITHOUT boxes: the unannotated model-selection split), `test` 500
 (seen groups, new compositions and clips), `test_unseen` 500 (sounding groups
 that never appear in train / validation / test, neither sounding nor silent
-nor in a background). Example `i` of a split is drawn from its own RNG
+nor in a background), `test_offscreen` / `test_unseen_offscreen` 500 each
+(image `i` of test / test_unseen with a clip of a group nowhere in it, so
+nothing in the image sounds: no `gt_boxes`, every object in `silent_boxes`;
+`generate.offscreen_example`; listed in `info.metadata["offscreen_splits"]`
+for the `extended` evaluator). Example `i` of a split is drawn from its own RNG
 `(seed, split, i)`, so it does not depend on the other sizes, on the worker
 count or on generation order.
 
@@ -51,7 +55,8 @@ SEED = 20240917
 # second holds most of a trimmed recording (median ~1.5 s; 30 are shorter),
 # and the small input keeps training on 2 CPU cores fast.
 DEFAULT_AUDIO = audio_lib.STAMPS
-FULL_SIZES = {"train": 6000, "validation": 500, "test": 500, "test_unseen": 500}
+FULL_SIZES = {"train": 6000, "validation": 500, "test": 500, "test_unseen": 500,
+              "test_offscreen": 500, "test_unseen_offscreen": 500}
 UNSEEN_FRACTION = 0.2
 
 
@@ -212,6 +217,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         metadata=tfds.core.MetadataDict(
             audio=audio_lib.params_dict(cfg.audio), image_size=int(cfg.image_size),
             gt_format=gt_format(cfg.image_size), seed=int(cfg.seed),
+            offscreen_splits=[k for k in generate.OFFSCREEN if int(cfg.sizes.get(k, 0)) > 0],
             sizes={k: int(v) for k, v in cfg.sizes.items()},
             unseen_fraction=float(cfg.unseen_fraction),
             unseen_groups=list(cfg.unseen_groups), package=catalog_lib.PACKAGE,
