@@ -36,7 +36,9 @@ protocol (fixed threshold, `configs/default.py`), the mean of the per-seed
 95% bootstrap intervals of cIoU, the median-protocol (LVS) numbers and the
 pointing-game hit rate (`evaluation.protocol.pointing_hits`: the map's peak on the
 sounding digit's box). `--rescore` scores finished runs again with the
-current evaluator.
+current evaluator. On stamps, every row also gets the extended protocol
+(`score_extended`, no retraining): AP and max-F1 over each test split with
+its off-screen split, and the silence / noise probes (`eval/<split>/extended.json`).
 It is written to `OUT/results.md` and printed.
 """
 
@@ -254,8 +256,60 @@ def score_centre(args, workdir: str) -> None:
     print(f"centre guess, {split}: {result.describe()}", flush=True)
 
 
+# The extended protocol on a benchmark (docs/evaluation.md): each test split
+# with its off-screen split, and the probes played to its images.
+OFFSCREEN_OF = {"test": "test_offscreen", "test_unseen": "test_unseen_offscreen"}
+PROBES = ("silence", "noise")
+
+
+def extended_path(workdir: str, split: str) -> str:
+  return os.path.join(workdir, "eval", split, "extended.json")
+
+
+def score_extended(args, method: str, workdir: str) -> None:
+  """AP, max-F1 and the off-screen / probe rates of a finished row (its final
+  checkpoint, or the centre guess) on each test split with its off-screen
+  split (`evaluators.score_with_offscreen`), written to
+  `eval/<split>/extended.json`; no training. A build without the off-screen
+  splits is named and skipped (build the benchmark again to add them)."""
+  import numpy as np
+
+  from soundloc_jax import data
+  from soundloc_jax.evaluation import baselines, evaluators
+  if METHODS[method][0] is None:
+    from soundloc_jax.configs import iterative
+    config = apply_extra(iterative.get_config(BENCHMARKS[args.benchmark]), args.extra)
+    prior = baselines.centre_prior(1, config.eval.size)[0]
+    predict = lambda image, spectrogram: np.broadcast_to(prior, (len(image),) + prior.shape)  # noqa: E731
+  else:
+    from soundloc_jax import inference
+    loc = inference.load(workdir)
+    config = loc.config
+    predict = lambda image, spectrogram: loc._predict(  # noqa: E731  pylint: disable=protected-access
+        loc.params, loc.batch_stats, image, spectrogram)
+  if args.data_dir:
+    config.dataset.data_dir = args.data_dir
+  config.eval.extended.probes = PROBES
+  name, data_dir = data.prepare_data(config)
+  for split in test_splits(args.benchmark):
+    offscreen = OFFSCREEN_OF.get(split)
+    try:
+      sources = [data.open_source(name, s, data_dir) for s in (split, offscreen)]
+    except Exception as e:  # noqa: BLE001  tfds names the missing split
+      print(f"{method} {workdir}: no {offscreen} split in {name} ({type(e).__name__}: {e}); "
+            "build the benchmark again to add it; AP / max-F1 left out", flush=True)
+      return
+    metrics = evaluators.score_with_offscreen(config, split, *sources, predict)
+    with open(extended_path(workdir, split), "w") as f:
+      json.dump({"offscreen_split": offscreen, "probes": list(PROBES),
+                 "extended": config.eval.extended.to_dict(), **metrics}, f, indent=1)
+    print(f"{method} {split} + {offscreen}: AP {metrics['ap']:.3f} max-F1 {metrics['max_f1']:.3f}"
+          f" lit off-screen {metrics['lit_offscreen']:.3f}", flush=True)
+
+
 def rescore(args) -> None:
-  """`--mode=eval` of each finished run, in this process, with its own config."""
+  """`--mode=eval` of each finished run, in this process, with its own config;
+  on a benchmark with off-screen splits, the extended protocol too."""
   from soundloc_jax import evaluate, workdir
   for method in args.methods:
     for seed in args.seeds:
@@ -264,6 +318,10 @@ def rescore(args) -> None:
         score_centre(args, workdir_path)
       elif finished(args, workdir_path):
         evaluate.evaluate_checkpoint(workdir.read_config(workdir_path), workdir_path)
+      else:
+        continue
+      if args.benchmark != "demo":
+        score_extended(args, method, workdir_path)
 
 
 def _fmt(values: list[float], interval: tuple[float, float] | None = None) -> str:
@@ -304,7 +362,10 @@ def collect_benchmark(args) -> str:
   columns = (("pointing", "pointing"), ("peak on a silent object", "peak_silent"),
              ("silent-object test", "silent"),
              ("cIoU@0.5 fixed", "ciou"), ("AUC fixed", "auc"),
-             ("cIoU@0.5 median rule", "ciou_median"), ("retrieval R@1", "r1"))
+             ("cIoU@0.5 median rule", "ciou_median"), ("retrieval R@1", "r1"),
+             # the extended protocol with the off-screen split (`score_extended`)
+             ("AP (+ off-screen)", "ap"), ("max-F1", "max_f1"),
+             ("off-screen lit", "lit_offscreen"), ("own > silence", "own_above_silence"))
   out, epochs = [], set()
   for split in test_splits(args.benchmark):
     rows = [f"\n**{split}**\n", "| method | seeds | " + " | ".join(c for c, _ in columns) + " |",
@@ -316,6 +377,10 @@ def collect_benchmark(args) -> str:
         if os.path.exists(test_metrics_path(workdir, split)):
           with open(test_metrics_path(workdir, split)) as f:
             found.append(json.load(f))
+          if os.path.exists(extended_path(workdir, split)):
+            with open(extended_path(workdir, split)) as f:
+              extra = json.load(f)
+            found[-1].update({k: v for k, v in extra.items() if k not in found[-1]})
           if os.path.exists(os.path.join(workdir, "config.json")):
             with open(os.path.join(workdir, "config.json")) as f:
               epochs.add(json.load(f)["num_epochs"])
@@ -326,7 +391,11 @@ def collect_benchmark(args) -> str:
   note = (f"\nEpochs per trained run: {sorted(e for e in epochs if e) or '?'}; seeds "
           f"{args.seeds}; benchmark {args.benchmark} in {args.data_dir or 'the default data_dir'};"
           " intervals: the mean over seeds of each run's 95% bootstrap interval; the median "
-          "rule caps cIoU at twice the box fraction (data_builders/stamps/README.md); extra "
+          "rule caps cIoU at twice the box fraction (data_builders/stamps/README.md); AP / "
+          "max-F1: the extended protocol over the split and its off-screen split, SLAVC's "
+          "confidence; off-screen lit: share of off-screen pairs confident (>= 0.5) with the "
+          "peak on an object; own > silence: the image's own sound more confident than "
+          "silence (docs/evaluation.md); extra "
           f"flags: {args.extra or 'none'}.\n")
   return "\n".join(out) + "\n" + note
 
@@ -375,6 +444,10 @@ def main(argv=None):
       for method in args.methods:
         if METHODS[method][0] is not None or seed == args.seeds[0]:
           train_one(args, method, seed)
+          workdir_path = workdir_of(args.out, method, seed)
+          if args.benchmark != "demo" and not all(
+              os.path.exists(extended_path(workdir_path, s)) for s in test_splits(args.benchmark)):
+            score_extended(args, method, workdir_path)
   table = collect(args)
   with open(os.path.join(args.out, "results.md"), "w") as f:
     f.write(table)

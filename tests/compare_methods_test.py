@@ -99,3 +99,28 @@ def test_every_row_gets_the_benchmarks_preset_and_keeps_its_options(compare, ben
       f"configs/lvs.py:{benchmark},variant=vanilla"
   assert compare.test_splits(benchmark) == ("test", "test_unseen")
   assert compare.test_splits("demo") == ("test",)
+
+
+def test_the_stamps_table_gains_the_extended_protocol_columns(compare, tmp_path):
+  """A row's `eval/<split>/extended.json` (written by `score_extended`, also
+  under --rescore) adds AP, max-F1, the off-screen lit rate and the silence
+  probe to the stamps table; a row without it shows n/a there."""
+  for method, extended in (("lvs", {"ap": 0.42, "max_f1": 0.5, "lit_offscreen": 0.3,
+                                     "own_above_silence": 0.9}), ("centre", None)):
+    workdir = compare.workdir_of(str(tmp_path), method, 0)
+    for split in ("test", "test_unseen"):
+      os.makedirs(os.path.join(workdir, "eval", split))
+      with open(compare.test_metrics_path(workdir, split), "w") as f:
+        json.dump({"ciou": 0.2, "auc": 0.3, "n": 500}, f)
+      if extended:
+        with open(compare.extended_path(workdir, split), "w") as f:
+          json.dump(extended, f)
+  args = compare.parse_args([f"--out={tmp_path}", "--seeds=0", "--methods=lvs,centre",
+                             "--benchmark=stamps", "--table_only"])
+  table = compare.collect(args)
+  header = next(line for line in table.splitlines() if line.startswith("| method"))
+  assert header.endswith("| AP (+ off-screen) | max-F1 | off-screen lit | own > silence |")
+  row = next(line for line in table.splitlines() if line.startswith("| LVS (tri-map"))
+  assert row.endswith("| 0.420 | 0.500 | 0.300 | 0.900 |")
+  centre = next(line for line in table.splitlines() if line.startswith("| centre guess"))
+  assert centre.endswith("| n/a | n/a | n/a | n/a |")
