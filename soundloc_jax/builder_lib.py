@@ -137,6 +137,61 @@ def read_id_list(path) -> list[str]:
   return list(dict.fromkeys(ids))
 
 
+# SLAVC's extended test lists (`flickr_test_plus_silent.csv`,
+# `vggss_test_plus_silent.csv`): pairs whose sound's source is not in the frame.
+OFFSCREEN_HEADER = ("video", "audio", "label")
+OFFSCREEN_LABELS = {"non-sounding": True, "sounding": False}  # label -> an off-screen pair
+
+
+def read_offscreen_pairs(path) -> list[tuple[str, str]]:
+  """`(frame id, audio id)` of each off-screen pair of an extended test list,
+  in file order, repeats dropped. The format (SLAVC's released lists): a
+  header `video,audio,label`, then one row per pair: the id of the frame's
+  video, the id of the sound's (another video's, or the same clip's when its
+  source is not in view), and `non-sounding`; rows labelled `sounding` (the
+  ordinary test pairs) are skipped. CRLF line ends, blank lines, spaces around
+  cells and a media extension on an id are accepted. MediaError naming the
+  file and line: a missing or wrong header, a row without three cells, an
+  empty id, an unknown label."""
+  path = os.fspath(path)
+  pairs = []
+  try:
+    with open(path, newline="") as f:
+      lines = f.read().splitlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise MediaError(f"{path}: cannot read the extended test list ({type(e).__name__}: {e})") from e
+
+  def bare(cell):
+    cell = cell.strip()
+    stem, ext = os.path.splitext(cell)
+    return stem if ext.lower() in media.IMAGE_EXTENSIONS + media.AUDIO_EXTENSIONS + \
+        media.VIDEO_EXTENSIONS else cell
+
+  rows = [(n, [c.strip() for c in line.split(",")]) for n, line in enumerate(lines, 1)
+          if line.strip()]
+  if not rows or tuple(c.lower() for c in rows[0][1]) != OFFSCREEN_HEADER:
+    got = ",".join(rows[0][1]) if rows else "an empty file"
+    raise MediaError(f"{path}: line {rows[0][0] if rows else 1}: expected the header "
+                     f"{','.join(OFFSCREEN_HEADER)!r}, got {got!r}")
+  for n, cells in rows[1:]:
+    if len(cells) != 3 or not cells[0] or not cells[1]:
+      raise MediaError(f"{path}: line {n}: expected 'video,audio,label' (two ids and a label), "
+                       f"got {','.join(cells)!r}")
+    label = cells[2].lower()
+    if label not in OFFSCREEN_LABELS:
+      raise MediaError(f"{path}: line {n}: unknown label {cells[2]!r}; expected one of "
+                       f"{', '.join(OFFSCREEN_LABELS)}")
+    if OFFSCREEN_LABELS[label]:
+      pairs.append((bare(cells[0]), bare(cells[1])))
+  return list(dict.fromkeys(pairs))
+
+
+def offscreen_id(video: str, audio: str) -> str:
+  """The example id of an off-screen pair: both ids (one frame may be paired
+  with several sounds, and each differs from the frame's own test id)."""
+  return f"{video}__{audio}"
+
+
 def find_file(folder, stem: str, extensions) -> str:
   """`folder/stem.ext` for the first extension that exists, else ''."""
   for ext in extensions:

@@ -12,6 +12,9 @@ Layout of `manual_dir` (the user's copy; nothing is downloaded)::
                              absent: every Annotations/<id>.xml)
     Annotations/<id>.xml     the test annotations (annotator <bbox> elements,
                              256-pixel coordinates)
+    flickr_test_plus_silent.csv   optional: SLAVC's extended test list (header
+                             video,audio,label; rows <frame id>,<audio id>,non-sounding;
+                             `builder_lib.read_offscreen_pairs`): adds `test_offscreen`
 
 Splits: `train` (the list minus `validation` and minus any test id),
 `validation` (min(num_validation = 500, max(1, n // 10)) held-out list ids by SHA-1,
@@ -23,6 +26,14 @@ crash: their count and ids are logged and stored in `info.metadata`
 training id with a missing or corrupt file stops the build with an error
 naming the file, unless `skip_bad` (or SOUNDLOC_BUILD_SKIP_BAD=1) skips and
 counts it (`info.metadata["skipped"]`).
+
+`test_offscreen` (with flickr_test_plus_silent.csv; Extended Flickr-SoundNet,
+SLAVC, NeurIPS 2022): each non-sounding pair, the frame `frames/<video>` with
+the sound `audio/<audio>` (another video's), id `<video>__<audio>`, no
+`gt_boxes`: the sound's source is not in the frame. `test+test_offscreen` is
+the extended test set (`info.metadata["offscreen_splits"]`; the `extended`
+evaluator, docs/evaluation.md). Pairs with a missing file are left out and
+listed in `info.metadata["missing_offscreen_pairs"]`.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ LAYOUT = """frames/<id>.jpg, audio/<id>.wav (or .flac/.mp3/.mp4...), the trainin
 flickr_10k.txt | flickr_20k.txt | flickr_144k.txt (one id per line), flickr_test.txt (250
 test ids) and Annotations/<id>.xml"""
 SOUND_EXTENSIONS = media.AUDIO_EXTENSIONS + media.VIDEO_EXTENSIONS
+OFFSCREEN_LIST = "flickr_test_plus_silent.csv"   # SLAVC's extended test list
 
 
 @dataclasses.dataclass(eq=False)
@@ -71,7 +83,7 @@ class Builder(builder_lib.RealDataBuilder):
 
   def extra_metadata(self) -> dict:
     return dict(list_file=self.builder_config.list_file, missing_test_ids=[],
-                test_ids_removed_from_train=0)
+                test_ids_removed_from_train=0, offscreen_splits=[], missing_offscreen_pairs=[])
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
@@ -106,6 +118,10 @@ class Builder(builder_lib.RealDataBuilder):
       builder_lib.log(f"skipped: {problem}")
     splits = builder_lib.train_validation_tasks(tasks, cfg.num_validation)
     splits["test"] = test
+    offscreen = self._offscreen_tasks(manual_dir)
+    if offscreen:
+      splits["test_offscreen"] = offscreen
+      meta["offscreen_splits"] = ["test_offscreen"]
     return {name: self._generate_examples(t, options) for name, t in splits.items()}
 
   def _test_tasks(self, manual_dir: str):
@@ -124,3 +140,23 @@ class Builder(builder_lib.RealDataBuilder):
         raise MediaError(f"{xml}: not a readable annotation ({type(e).__name__}: {e})") from e
       tasks.append(builder_lib.Task(id=i, image=image, audio=sound, test=True, gt_boxes=boxes))
     return tasks, missing
+
+  def _offscreen_tasks(self, manual_dir: str) -> list:
+    """Tasks of the extended list's off-screen pairs (module docstring)."""
+    path = os.path.join(manual_dir, OFFSCREEN_LIST)
+    if not os.path.exists(path):
+      return []
+    tasks, missing = [], []
+    for video, sound_id in builder_lib.read_offscreen_pairs(path):
+      image = builder_lib.find_file(os.path.join(manual_dir, "frames"), video, media.IMAGE_EXTENSIONS)
+      sound = builder_lib.find_file(os.path.join(manual_dir, "audio"), sound_id, SOUND_EXTENSIONS)
+      if image and sound:
+        tasks.append(builder_lib.Task(id=builder_lib.offscreen_id(video, sound_id), image=image,
+                                      audio=sound, test=True))
+      else:
+        missing.append(builder_lib.offscreen_id(video, sound_id))
+    self.info.metadata["missing_offscreen_pairs"] = missing
+    builder_lib.log(f"{path}: {len(tasks)} off-screen pairs"
+                    + (f"; {len(missing)} with a missing file left out: {', '.join(missing)}"
+                       if missing else ""))
+    return tasks

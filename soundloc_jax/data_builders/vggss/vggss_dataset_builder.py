@@ -9,6 +9,9 @@ Layout of `manual_dir` (the user's copy; nothing is downloaded)::
     video/<id>.mp4         the clips (frame: the middle one; sound: its track)
       or
     frames/<id>.jpg + audio/<id>.wav   pre-extracted frame and sound per id
+    vggss_test_plus_silent.csv   optional: SLAVC's extended test list (header
+                           video,audio,label; rows <frame id>,<audio id>,non-sounding):
+                           adds `test_offscreen`
 
 One split, `test`: the test view (shorter side 224, centre crop), the
 training front end's `spectrogram` (3 s around the middle), `waveform` (the
@@ -18,6 +21,15 @@ clamps negatives, ORs the boxes and keeps inverted/out-of-range ones as the
 official code does) and `class_name`. Ids whose media are missing are left
 out and reported (count and ids in `info.metadata["missing_test_ids"]`);
 corrupt media stop the build naming the file unless `skip_bad`.
+
+`test_offscreen` (with vggss_test_plus_silent.csv; Extended VGG-SS, SLAVC,
+NeurIPS 2022): each non-sounding pair, the frame of clip `<video>` (the
+middle frame of video/<video>.mp4, or frames/<video>.jpg) with the sound of
+`<audio>` (video/<audio>.mp4 or audio/<audio>.wav; the same clip when its
+source is out of view), id `<video>__<audio>`, no `gt_boxes`, `class_name`
+"". `test+test_offscreen` is the extended test set
+(`info.metadata["offscreen_splits"]`); pairs with a missing file are left
+out and listed in `info.metadata["missing_offscreen_pairs"]`.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ import tensorflow_datasets as tfds
 from soundloc_jax import builder_lib, media
 from soundloc_jax.errors import MediaError
 
+OFFSCREEN_LIST = "vggss_test_plus_silent.csv"   # SLAVC's extended test list
 LAYOUT = """vggss.json ([{"file": id, "class": name, "bbox": [[x0, y0, x1, y1], ...]}, ...]) and
 per id either video/<id>.mp4 or frames/<id>.jpg + audio/<id>.wav"""
 
@@ -60,7 +73,7 @@ class Builder(builder_lib.RealDataBuilder):
     return {"class_name": tfds.features.Text()}
 
   def extra_metadata(self) -> dict:
-    return dict(missing_test_ids=[])
+    return dict(missing_test_ids=[], offscreen_splits=[], missing_offscreen_pairs=[])
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
@@ -89,4 +102,37 @@ class Builder(builder_lib.RealDataBuilder):
     if missing:
       builder_lib.log(f"{len(missing)} vggss.json ids have no media and are left out: "
                       + ", ".join(missing))
-    return {"test": self._generate_examples(tasks, builder_lib.resolve_options(cfg))}
+    splits = {"test": tasks}
+    offscreen = self._offscreen_tasks(manual_dir)
+    if offscreen:
+      splits["test_offscreen"] = offscreen
+      self.info.metadata["offscreen_splits"] = ["test_offscreen"]
+    options = builder_lib.resolve_options(cfg)
+    return {name: self._generate_examples(t, options) for name, t in splits.items()}
+
+  def _offscreen_tasks(self, manual_dir: str) -> list:
+    """Tasks of the extended list's off-screen pairs (module docstring)."""
+    path = os.path.join(manual_dir, OFFSCREEN_LIST)
+    if not os.path.exists(path):
+      return []
+    tasks, missing = [], []
+    for video_id, sound_id in builder_lib.read_offscreen_pairs(path):
+      ident = builder_lib.offscreen_id(video_id, sound_id)
+      video = builder_lib.find_file(os.path.join(manual_dir, "video"), video_id,
+                                    media.VIDEO_EXTENSIONS)
+      image = "" if video else builder_lib.find_file(os.path.join(manual_dir, "frames"), video_id,
+                                                     media.IMAGE_EXTENSIONS)
+      sound = (builder_lib.find_file(os.path.join(manual_dir, "video"), sound_id,
+                                     media.VIDEO_EXTENSIONS)
+               or builder_lib.find_file(os.path.join(manual_dir, "audio"), sound_id,
+                                        media.AUDIO_EXTENSIONS + media.VIDEO_EXTENSIONS))
+      if (video or image) and sound:
+        tasks.append(builder_lib.Task(id=ident, video=video, image=image, audio=sound, test=True,
+                                      extra=(("class_name", ""),)))
+      else:
+        missing.append(ident)
+    self.info.metadata["missing_offscreen_pairs"] = missing
+    builder_lib.log(f"{path}: {len(tasks)} off-screen pairs"
+                    + (f"; {len(missing)} with a missing file left out: {', '.join(missing)}"
+                       if missing else ""))
+    return tasks
