@@ -7,7 +7,9 @@ LVS evaluation protocol. "" leaves the config unchanged (the av_digits demo).
 Method files expose these as `--config=configs/<method>.py:PRESET`:
 `iterative.py` (ICL) takes `flickr_10k`, `flickr_20k`, `music_synthetic`;
 `hard_positive.py` (HardPos), `lvs.py` (its baselines) and `ezvsl.py` take
-`vggsound_144k`, `flickr_144k`; every method file takes `stamps`, the
+`vggsound_144k`, `flickr_144k` and their `_extended` variants (SLAVC's
+extended test sets: test + test_offscreen, AP / max-F1); every method file
+takes `stamps`, the
 real-media benchmark built offline (data_builders/stamps). A preset
 whose dataset is not built fails at start with the `DatasetError` of
 `input_pipeline.open_source`, which names the build command.
@@ -87,6 +89,20 @@ PRESETS = {
 }
 # The presets of the stamps benchmark, which every method file takes.
 STAMPS_PRESETS = ("stamps", "stamps128")
+# The extended test sets of SLAVC (Mo and Morgado, NeurIPS 2022): the test set
+# plus the builders' `test_offscreen` pairs (the sound's source is not in the
+# frame; from SLAVC's *_test_plus_silent.csv, data_builders/flickr_soundnet,
+# vggss), scored by the `extended` evaluator (AP, max-F1; docs/evaluation.md)
+# as well. SLAVC trains on VGGSound 144k and also tests on the extended
+# Flickr-SoundNet set: add it with --config.dataset.test_splits=
+# '("vggss:test+test_offscreen", "flickr_soundnet/144k:test+test_offscreen")'.
+_EXTENDED_EVALS = ("localization", "extended")
+PRESETS["vggsound_144k_extended"] = dict(
+    PRESETS["vggsound_144k"], test_splits=("vggss:test+test_offscreen",),
+    test_evals=_EXTENDED_EVALS)
+PRESETS["flickr_144k_extended"] = dict(
+    PRESETS["flickr_144k"], test_splits=("test+test_offscreen",), test_evals=_EXTENDED_EVALS)
+EXTENDED_PRESETS = ("vggsound_144k_extended", "flickr_144k_extended")
 
 
 def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:

@@ -25,7 +25,8 @@ import ml_collections
 
 from soundloc_jax.configs import datasets, default
 
-PRESETS = ("", "vggsound_144k", "flickr_144k") + datasets.STAMPS_PRESETS
+PRESETS = ("", "vggsound_144k", "flickr_144k") + datasets.EXTENDED_PRESETS + \
+    datasets.STAMPS_PRESETS
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

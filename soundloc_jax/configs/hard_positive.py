@@ -47,7 +47,8 @@ import ml_collections
 from soundloc_jax.configs import datasets, default
 
 NEIGHBOURS = ("mined", "random")
-PRESETS = ("", "vggsound_144k", "flickr_144k") + datasets.STAMPS_PRESETS
+PRESETS = ("", "vggsound_144k", "flickr_144k") + datasets.EXTENDED_PRESETS + \
+    datasets.STAMPS_PRESETS
 DEMO_NUM_NEIGHBOURS = 300
 # stamps: ~130 training examples per sounding group (6,000 over 45 groups).
 STAMPS_NUM_NEIGHBOURS = 100

@@ -31,7 +31,8 @@ import ml_collections
 from soundloc_jax.configs import datasets, default
 
 VARIANTS = {"full": "lvs", "vanilla": "lvs_vanilla"}
-PRESETS = ("", "vggsound_144k", "flickr_144k") + datasets.STAMPS_PRESETS
+PRESETS = ("", "vggsound_144k", "flickr_144k") + datasets.EXTENDED_PRESETS + \
+    datasets.STAMPS_PRESETS
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
