@@ -366,3 +366,36 @@ def test_unknown_probe_and_mismatched_front_end_are_named():
   with pytest.raises(DatasetError, match="probe 'silence' has a"):
     evaluators.SplitEvaluator("t", source, config, ("extended",)).run(
         lambda image, spec: np.zeros((len(image), 4, 4)))
+
+
+# ---------------------------------------------------------------------------
+# A real model on silence and noise.
+# ---------------------------------------------------------------------------
+
+def test_a_real_model_on_silence_and_noise_gives_finite_scores(demo_data_dir, tmp_path):
+  """The (untrained) model on the demo's test split with the silence and noise
+  probes: no crash, no NaN in any map or score, and the report is written
+  (its JSON holds the nested eval.extended config)."""
+  from soundloc_jax import data
+  from soundloc_jax import state as train_state
+  from soundloc_jax.evaluation import plots
+  from tests.helpers import tiny_config
+  config = tiny_config(demo_data_dir)
+  config.eval.extended.probes = ("silence", "noise")
+  name, data_dir = data.prepare_data(config)
+  source = data.open_source(name, "test", data_dir)
+  graphdef, state = train_state.create_train_state(config, train_state.make_optimizer(config))
+  full = train_state.make_predict_fn(graphdef, outputs="all")
+  predict = lambda im, sp: full(state["params"], state["batch_stats"], im, sp)  # noqa: E731
+  evaluator = evaluators.SplitEvaluator("test", source, config, ("localization", "extended"))
+  outputs = evaluator.collect(predict, probes=("silence", "noise"))
+  for maps in (outputs.responses, *outputs.probe_responses.values()):
+    assert np.isfinite(maps).all()
+  result = evaluator.run(predict)
+  m = result.metrics
+  assert m["n_visible"] == len(source) and m["n_offscreen"] == 0
+  assert all(np.isfinite(v) for v in m.values()), m
+  assert 0.0 <= m["own_above_silence"] <= 1.0 and 0.0 <= m["silence_ap"] <= 1.0
+  assert "extended AP" in result.describe()
+  plots.write_report(result, str(tmp_path), source, config)
+  assert (tmp_path / "metrics.json").exists()
