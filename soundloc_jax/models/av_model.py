@@ -15,18 +15,30 @@ and returns a dict of float32 arrays:
     patch (ICL's R = V * a, before Eq. 1's min-max, which
     `methods.icl.normalize_response` and the evaluator apply where needed).
 
-BatchNorm follows `model.train()` / `model.eval()`. Both streams are
-ResNet-18 (`models.resnet`); d = 8 * width. `visual_padding` is the visual
-stream's convolution padding (`models.resnet.PADDINGS`); the audio stream
-always pads with zeros.
+BatchNorm follows `model.train()` / `model.eval()`. The audio stream is a
+ResNet-18 (`models.resnet`); d = 8 * width. The visual stream is the
+`visual_backbone` entry of `VISUAL_BACKBONES`:
+  * "resnet18" (the papers'): ResNet-18 of the same width, its layer4 at
+    `layer4_stride`, padded as `visual_padding` (`models.resnet.PADDINGS`);
+  * "efficientnet_lite0": EfficientNet-Lite0's first 11 blocks (stride 16, 112
+    channels) and a 1x1 projection to d (`models.efficientnet`), its
+    depthwise convolutions computed by `depthwise_impl`; only
+    `layer4_stride = 1` and `visual_padding = "zeros"` apply to it.
+Each entry normalises a uint8 image its own way (the scaling its ImageNet
+weights were trained with); a float image is taken as already normalised for
+the backbone. The audio stream always pads with zeros.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Callable
 
 import jax.numpy as jnp
 from flax import nnx
 
 from soundloc_jax.errors import ConfigError
+from soundloc_jax.models import efficientnet
 from soundloc_jax.models.resnet import PADDINGS, ResNet18
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,26 +60,71 @@ def l2_normalize(x, axis=-1, eps=1e-12):
   return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
+def _resnet18_visual(*, width, layer4_stride, visual_padding, depthwise_impl, dtype, rngs):
+  del depthwise_impl
+  return ResNet18(3, width=width, layer4_stride=layer4_stride, padding=visual_padding,
+                  dtype=dtype, rngs=rngs)
+
+
+def _efficientnet_visual(*, width, layer4_stride, visual_padding, depthwise_impl, dtype, rngs):
+  if layer4_stride != 1:
+    raise ConfigError(f"config.model.layer4_stride={layer4_stride} is a ResNet-18 setting; "
+                      "the efficientnet_lite0 visual stream is stride 16 (set it to 1)")
+  if visual_padding != "zeros":
+    raise ConfigError(f"config.model.visual_padding={visual_padding!r} is a ResNet-18 setting; "
+                      "efficientnet_lite0 pads as TensorFlow's SAME (set it to 'zeros')")
+  if depthwise_impl != "auto" and depthwise_impl not in efficientnet.DEPTHWISE_IMPLS:
+    raise ConfigError(f"config.model.depthwise_impl: unknown {depthwise_impl!r}; available: "
+                      f"auto, {', '.join(efficientnet.DEPTHWISE_IMPLS)}")
+  return efficientnet.EfficientNetVisual(8 * width, depthwise_impl=depthwise_impl, dtype=dtype,
+                                         rngs=rngs)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualBackbone:
+  """A `config.model.visual_backbone` entry: `build(**fields)` -> a module
+  mapping a normalised image to `[B, h, w, 8 * width]`; `normalize(uint8 image)`."""
+  build: Callable
+  normalize: Callable
+
+
+VISUAL_BACKBONES = {
+    "resnet18": VisualBackbone(_resnet18_visual, normalize_image),
+    "efficientnet_lite0": VisualBackbone(_efficientnet_visual, efficientnet.normalize),
+}
+
+
+def get_visual_backbone(name: str) -> VisualBackbone:
+  if name not in VISUAL_BACKBONES:
+    raise ConfigError(f"config.model.visual_backbone: unknown {name!r}; available: "
+                      f"{', '.join(VISUAL_BACKBONES)}")
+  return VISUAL_BACKBONES[name]
+
+
 class AVModel(nnx.Module):
-  """Visual ResNet-18 (feature map) + audio ResNet-18 (pooled embedding)."""
+  """Visual stream (feature map; `VISUAL_BACKBONES`) + audio ResNet-18 (pooled embedding)."""
 
   def __init__(self, *, width: int = 64, layer4_stride: int = 1, audio_layer4_stride: int = 2,
-               audio_pool: str = "mean", visual_padding: str = "zeros", dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               audio_pool: str = "mean", visual_padding: str = "zeros",
+               visual_backbone: str = "resnet18", depthwise_impl: str = "auto",
+               dtype=jnp.float32, rngs: nnx.Rngs):
     if audio_pool not in AUDIO_POOLS:
       raise ConfigError(f"config.model.audio_pool: unknown {audio_pool!r}; available: "
                         f"{', '.join(AUDIO_POOLS)}")
     if visual_padding not in PADDINGS:
       raise ConfigError(f"config.model.visual_padding: unknown {visual_padding!r}; available: "
                         f"{', '.join(PADDINGS)}")
-    self.visual = ResNet18(3, width=width, layer4_stride=layer4_stride, padding=visual_padding,
-                           dtype=dtype, rngs=rngs)
+    backbone = get_visual_backbone(visual_backbone)
+    self.visual = backbone.build(width=width, layer4_stride=layer4_stride,
+                                 visual_padding=visual_padding, depthwise_impl=depthwise_impl,
+                                 dtype=dtype, rngs=rngs)
+    self.visual_normalize = backbone.normalize
     self.audio = ResNet18(1, width=width, layer4_stride=audio_layer4_stride, dtype=dtype,
                           rngs=rngs)
     self.audio_pool = audio_pool
 
   def __call__(self, image, spectrogram):
-    visual = l2_normalize(self.visual(normalize_image(image)))
+    visual = l2_normalize(self.visual(self.visual_normalize(image)))
     audio_map = self.audio(spectrogram[..., None])
     audio = l2_normalize(AUDIO_POOLS[self.audio_pool](audio_map.astype(jnp.float32),
                                                       axis=(1, 2)))
@@ -77,10 +134,13 @@ class AVModel(nnx.Module):
 
 def build_model(model_config, seed: int = 0) -> AVModel:
   """AVModel from `config.model` (width, layer4_stride, audio_layer4_stride,
-  audio_pool, visual_padding, compute_dtype; a config.json written before a field existed gets
-  its default from `workdir.read_config`)."""
+  audio_pool, visual_padding, visual_backbone, depthwise_impl, compute_dtype; a
+  config.json written before a field existed gets its default from
+  `workdir.read_config`)."""
   return AVModel(width=model_config.width, layer4_stride=model_config.layer4_stride,
                  audio_layer4_stride=model_config.audio_layer4_stride,
                  audio_pool=model_config.audio_pool,
                  visual_padding=model_config.visual_padding,
+                 visual_backbone=model_config.visual_backbone,
+                 depthwise_impl=model_config.depthwise_impl,
                  dtype=jnp.dtype(model_config.compute_dtype), rngs=nnx.Rngs(seed))

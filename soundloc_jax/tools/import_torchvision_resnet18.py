@@ -5,8 +5,9 @@ ImageNet `resnet18-f37072fd.pth` or `resnet18-5c106cde.pth`; nothing is
 downloaded) into the files `config.model.init_visual=DIR` starts the visual
 stream from (`resnet_weights.save_dir`). The file is read without torch
 (`torch_pickle`); a state_dict saved from `nn.DataParallel` (`module.`
-prefix) or nested under `state_dict` is accepted; `fc.*` and
-`num_batches_tracked` are dropped. The width is read from `conv1.weight`
+prefix) or nested under `state_dict` is accepted; `num_batches_tracked`
+is dropped; the classifier `fc.*` is kept beside the trunk for
+`tools.classify` (training does not read it). The width is read from `conv1.weight`
 (64 for torchvision's own), so `config.model.width` must equal it.
 """
 
@@ -36,7 +37,14 @@ def convert(checkpoint: str, out: str) -> dict:
   resnet_weights.check_leftovers(
       state_dict, used, checkpoint,
       ignored=lambda k: k.startswith("fc.") or k.endswith(".num_batches_tracked"))
-  resnet_weights.save_dir(resnet, out, in_channels=in_channels, source=checkpoint)
+  classifier, labels = None, None
+  if "fc.weight" in state_dict and "fc.bias" in state_dict:
+    classifier = (state_dict["fc.weight"], state_dict["fc.bias"])
+    if np.shape(classifier[0]) == (1000, 8 * width):
+      from soundloc_jax.tools.import_efficientnet_lite0 import imagenet_labels
+      labels = imagenet_labels()
+  resnet_weights.save_dir(resnet, out, in_channels=in_channels, source=checkpoint,
+                          classifier=classifier, labels=labels)
   return {"width": width, "in_channels": in_channels,
           "num_params": int(sum(np.size(state_dict[k]) for k in used))}
 

@@ -14,7 +14,10 @@ assigned; a mismatch names the key and both shapes.
 `config.model.init_visual = DIR` starts the visual stream from `DIR/` written
 by `save_dir`: `resnet18.npz` (one float32 array per variable, named by its
 NNX path, e.g. `params/layers/0/1/bn2/scale`, `batch_stats/bn1/mean`) and
-`info.json` (`format`, `width`, `in_channels`, `source`: where it came from).
+`info.json` (`format`, `width`, `in_channels`, `source`: where it came from,
+and `labels` when the classifier is kept). The torchvision importer also keeps
+the classifier as `fc/kernel` `[512, 1000]` and `fc/bias`, which only
+`tools.classify` reads.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from soundloc_jax.models.resnet import ResNet18
 WEIGHTS_FILE = "resnet18.npz"
 INFO_FILE = "info.json"
 FORMAT = "soundloc_jax.resnet18.v1"
+# The ImageNet classifier, kept for tools.classify only (not a model variable).
+FC_KERNEL, FC_BIAS = "fc/kernel", "fc/bias"
 _BN_FIELDS = (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"),
               ("running_var", "var"))
 
@@ -115,21 +120,31 @@ def find_state_dict(obj, source: str, nested=("state_dict", "model_state_dict", 
   return obj
 
 
-def _flat(resnet: ResNet18) -> dict:
+def flat_variables(module) -> dict:
+  """`{"params/..." | "batch_stats/...": Variable}` of any NNX module, by NNX path."""
   out = {}
   for kind, filt in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
-    for path, variable in nnx.to_flat_state(nnx.state(resnet, filt)):
+    for path, variable in nnx.to_flat_state(nnx.state(module, filt)):
       out["/".join([kind, *map(str, path)])] = variable
   return out
 
 
-def save_dir(resnet: ResNet18, directory: str, *, in_channels: int, source: str) -> str:
-  """Writes `resnet`'s variables as `directory/resnet18.npz` + `info.json`."""
+def save_dir(resnet: ResNet18, directory: str, *, in_channels: int, source: str,
+             classifier: tuple | None = None, labels: list | None = None) -> str:
+  """Writes `resnet`'s variables as `directory/resnet18.npz` + `info.json`.
+  `classifier`, the torch `(fc.weight [K, C], fc.bias [K])`, is kept as
+  `fc/kernel` `[C, K]` and `fc/bias` for `tools.classify` (training never reads
+  it); `labels` (its class names) go into info.json."""
   os.makedirs(directory, exist_ok=True)
-  arrays = {k: np.asarray(v.get_value(), np.float32) for k, v in _flat(resnet).items()}
+  arrays = {k: np.asarray(v.get_value(), np.float32) for k, v in flat_variables(resnet).items()}
+  if classifier is not None:
+    arrays[FC_KERNEL] = np.asarray(classifier[0], np.float32).T
+    arrays[FC_BIAS] = np.asarray(classifier[1], np.float32)
   np.savez(os.path.join(directory, WEIGHTS_FILE), **arrays)
   info = {"format": FORMAT, "width": int(resnet.bn1.scale.get_value().shape[0]),
           "in_channels": in_channels, "source": source}
+  if labels:
+    info["labels"] = list(labels)
   with open(os.path.join(directory, INFO_FILE), "w") as f:
     json.dump(info, f, indent=1)
   return os.path.join(directory, WEIGHTS_FILE)
@@ -149,7 +164,7 @@ def load_dir(resnet: ResNet18, directory: str, field: str = "config.model.init_v
   except (OSError, ValueError) as e:
     raise ConfigError(f"{field}: cannot read {path} ({type(e).__name__}); "
                       "write it with python -m soundloc_jax.tools.import_torchvision_resnet18") from None
-  variables = _flat(resnet)
+  variables = flat_variables(resnet)
   for key, variable in variables.items():
     want = tuple(variable.get_value().shape)
     if key not in stored:
@@ -159,7 +174,7 @@ def load_dir(resnet: ResNet18, directory: str, field: str = "config.model.init_v
       raise ConfigError(f"{field}: {path}: {key} has shape {stored[key].shape}, the model "
                         f"expects {want} (the file holds a width-{width} ResNet-18; "
                         "is config.model.width right?)")
-  extra = sorted(set(stored) - set(variables))
+  extra = sorted(set(stored) - set(variables) - {FC_KERNEL, FC_BIAS})
   if extra:
     raise ConfigError(f"{field}: {path} has {extra[0]}, which the model lacks")
   for key, variable in variables.items():
