@@ -31,8 +31,8 @@ array_record; the training split with `encoded_images`, so a frame is
 decoded here, once per batch, straight into its crops). Only `DEVICE_KEYS`
 are sent to the device (`distributed.global_batch`); the rest stay on the
 host. HardPos training batches (`train_iterator` with `neighbours`) hold
-`[B, 2, ...]` images, flips and spectrograms plus `negative_mask` and
-`neighbour_index` (see `train_iterator`; sent to the device:
+`[B, 2, ...]` images, flips and spectrograms plus `negative_mask`,
+`audio_neighbour_mask` and `neighbour_index` (see `train_iterator`; sent to the device:
 `NEIGHBOUR_DEVICE_KEYS`).
 
 Host work per example is kept small (benchmarks/input_pipeline.py): a stored
@@ -77,7 +77,8 @@ from soundloc_jax.errors import ConfigError, DatasetError
 from soundloc_jax.evaluation import annotations
 
 DEVICE_KEYS = ("image", "spectrogram", "flip", "ycbcr")
-NEIGHBOUR_DEVICE_KEYS = DEVICE_KEYS + ("negative_mask",)  # HardPos (`train_iterator`)
+# HardPos, ICL x HardPos (`train_iterator`)
+NEIGHBOUR_DEVICE_KEYS = DEVICE_KEYS + ("negative_mask", "audio_neighbour_mask")
 EVAL_AUDIO = ("", "lvs_test")
 
 
@@ -322,6 +323,8 @@ class BatchLoader:
       spectrograms += [(r, 1, a) for r, a in enumerate(audio_index)]
       out["negative_mask"] = np.stack([table.negative_row(int(i), batch_indices)
                                        for i in indices])
+      out["audio_neighbour_mask"] = np.stack([np.isin(batch_indices, table.audio(int(i)))
+                                              for i in indices])
       out["neighbour_index"] = np.asarray([audio_index, visual_index], np.int64).T
     examples = {}
     for i in sorted({i for _, _, i, _ in images} | {i for _, _, i in spectrograms}):
@@ -370,6 +373,8 @@ def train_iterator(source, *, global_batch: int, seed: int, start_step: int, num
     `negative_mask`  bool    `[B, G]`           [r, l]: the global batch's base
                                                 example l is outside both
                                                 neighbour sets of row r and not r
+    `audio_neighbour_mask` bool `[B, G]`        [r, l]: l is in row r's audio
+                                                set (ICL x HardPos's mined Eq. 6)
     `neighbour_index` int64  `[B, 2]`           (audio, visual) positions, host only
   (`NEIGHBOUR_DEVICE_KEYS` go to the device). B is this process's rows, G the
   global batch; steps and throughput count base examples.

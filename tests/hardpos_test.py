@@ -81,6 +81,8 @@ def test_neighbour_batches(kind):
       # Negatives: exactly the batch's base examples outside both sets and not i.
       expected = [int(l) != i and int(l) not in audio_set | visual_set for l in base]
       assert batch["negative_mask"][r].tolist() == expected, (step, r)
+      # ICL x HardPos's mined Eq. 6: the batch's base examples in the audio set.
+      assert batch["audio_neighbour_mask"][r].tolist() == [int(l) in audio_set for l in base]
   # The mask really excludes something and keeps something.
   masks = np.stack([b["negative_mask"] for b in run])
   assert 0 < masks.mean() < 1 - 1 / GLOBAL_BATCH

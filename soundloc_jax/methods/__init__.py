@@ -7,6 +7,7 @@
   mining.py     its exact top-K neighbour mining (the `mine` command's core) and
   neighbours.py the neighbour sets the input pipeline samples from
   ezvsl.py      the EZ-VSL baseline ("ezvsl")
+  icl_hardpos.py  ICL's pseudo-labels with HardPos's mined positives ("icl_hardpos")
   registry.py   `Method`, `register`, `get`, `names` (the entry contract)
 
 Each method module holds its pure, batched loss, its registry entry and its
@@ -15,6 +16,6 @@ config check; the defaults of its `config.method` fields are declared once in
 modules never import the trainer, the workdir or inference.
 """
 
-from soundloc_jax.methods import ezvsl, hardpos, icl, lvs  # noqa: F401  (registers them)
+from soundloc_jax.methods import ezvsl, hardpos, icl, icl_hardpos, lvs  # noqa: F401  (registers)
 from soundloc_jax.methods.registry import (  # noqa: F401
     Method, TeacherSchedule, get, names, register)
