@@ -93,6 +93,37 @@ for _anchor in ("audio", "image", "both"):
                                _flags + ("--config.method.positives=ba",))
   METHODS[f"rhp_{_anchor}"] = ("configs/hard_positive.py:,neighbours=random", None,
                                f"Random HP, {_anchor}-anchored negatives", _flags)
+# ICL x HardPos (issue 31; docs/methods.md, docs/notes/2026-12-08-icl-hardpos.md):
+# the method with its defaults, and one switch changed per row, so each piece
+# it adds to ICL full can be measured: `ihp_b_image` is ICL full with HardPos's
+# negative set (mined neighbours left out), `ihp_b` adds the both-anchored
+# rows, `ihp_ba` / `ihp_bv` / `ihp_bav` the mined positives one by one (the
+# method is "bavc"); then the mined region, Eq. 6's relation, the anchor, the
+# background and Random HP's neighbours. Mined rows mine from the Vanilla-LVS
+# row of the same seed, as HardPos.
+_IHP = "configs/icl_hardpos.py"
+for _name, _config, _description, _flags in (
+    ("icl_hardpos", _IHP, "ICL x HardPos (teacher regions, mined positives)", ()),
+    ("ihp_b_image", _IHP, "ICL x HardPos, P_b only, image anchor (ICL full, mined left out)",
+     ("--config.method.positives=b", "--config.method.negative_anchor=image")),
+    ("ihp_b", _IHP, "ICL x HardPos, P_b only (both anchors)", ("--config.method.positives=b",)),
+    ("ihp_ba", _IHP, "ICL x HardPos, P_b + P_a", ("--config.method.positives=ba",)),
+    ("ihp_bv", _IHP, "ICL x HardPos, P_b + P_v", ("--config.method.positives=bv",)),
+    ("ihp_bav", _IHP, "ICL x HardPos, P_b + P_a + P_v", ("--config.method.positives=bav",)),
+    ("ihp_soft", _IHP, "ICL x HardPos, mined pairs soft-masked (HardPos's region)",
+     ("--config.method.mined_region=soft",)),
+    ("ihp_inter_mined", _IHP, "ICL x HardPos, Eq. 6 replaced by the mined audio sets",
+     ("--config.method.inter_positives=mined",)),
+    ("ihp_inter_off", _IHP, "ICL x HardPos, Eq. 6 off", ("--config.method.inter_positives=off",)),
+    ("ihp_image", _IHP, "ICL x HardPos, image-anchored negatives",
+     ("--config.method.negative_anchor=image",)),
+    ("ihp_audio", _IHP, "ICL x HardPos, audio-anchored negatives",
+     ("--config.method.negative_anchor=audio",)),
+    ("ihp_no_intra", _IHP, "ICL x HardPos, no background negatives (Eq. 5 off)",
+     ("--config.method.use_intra=False",))):
+  METHODS[_name] = (_config, "lvs_vanilla", _description, _flags)
+METHODS["ihp_random"] = (_IHP + ":,neighbours=random", None,
+                         "ICL x HardPos, random neighbours (Random HP's)", ())
 # Rows without training: the model at step 0, and a fixed centre guess.
 METHODS["untrained"] = ("configs/iterative.py", None, "untrained (step 0)",
                         ("--config.num_epochs=0",))
@@ -107,7 +138,8 @@ INIT_FROM = "lvs_vanilla"
 _ICL_FROM_TEACHER = ("--config.method.init_epochs=0", "--config.method.teacher_guard=False")
 for _name in ["lvs_vanilla"] + [f"{p}_{a}" for p in ("hp", "hpb", "rhp")
                                 for a in ("audio", "image", "both")] + [
-                                    f"icl_{r}" for r in ("initial", "itr", "full")]:
+                                    f"icl_{r}" for r in ("initial", "itr", "full")] + [
+                                        "icl_hardpos"]:
   _config, _baseline, _description, _flags = METHODS[_name]
   if _name.startswith("icl_"):
     _flags = _flags + _ICL_FROM_TEACHER
