@@ -157,7 +157,8 @@ def parse_args(argv=None):
                       "preset's budget on another benchmark)")
   p.add_argument("--benchmark", default="demo", choices=sorted(BENCHMARKS),
                  help="demo: av_digits; stamps / stamps128: the real-media benchmark at "
-                      "96 / 128 px (needs --data_dir)")
+                      "96 / 128 px (needs --data_dir); *_imagenet: the same with the "
+                      "ImageNet visual stream")
   p.add_argument("--data_dir", default="", help="where the benchmark's dataset is built")
   p.add_argument("--extra", action="append", default=[],
                  help="extra --config.x=y flag for every run (repeatable)")
@@ -177,7 +178,8 @@ def parse_args(argv=None):
 
 
 # benchmark -> the dataset preset of configs/datasets.py its runs use ("": the demo)
-BENCHMARKS = {"demo": "", "stamps": "stamps", "stamps128": "stamps128"}
+BENCHMARKS = {"demo": "", "stamps": "stamps", "stamps128": "stamps128",
+              "stamps_imagenet": "stamps_imagenet", "stamps128_imagenet": "stamps128_imagenet"}
 
 
 def test_splits(benchmark: str) -> tuple[str, ...]:

@@ -19,7 +19,10 @@ Train state (a plain dict pytree, replicated over the mesh, donated to the step)
 Optimizer (`make_optimizer`): `config.optimizer.name` picks an entry of
 `OPTIMIZERS`; its learning rate follows `learning_rate_schedule` (a linear
 warmup from 0 over `warmup_steps`, then `SCHEDULES[schedule]`); with
-`grad_clip_norm` > 0 the global gradient norm is clipped first. The default
+`grad_clip_norm` > 0 the global gradient norm is clipped first; with
+`pretrained_lr_scale` != 1 the updates of the weights `init_visual` loads
+(the backbone's `pretrained` path) are scaled by it, i.e. their learning
+rate (Adam's update is linear in the rate). The default
 (constant rate, no warmup) passes the rate as a number, as before schedules
 existed, so its optimizer state and checkpoints are unchanged.
 """
@@ -81,7 +84,27 @@ def make_optimizer(config, total_steps: int = 0) -> optax.GradientTransformation
   opt = OPTIMIZERS[oc.name](oc.learning_rate if constant else schedule, oc)
   if oc.grad_clip_norm:
     opt = optax.chain(optax.clip_by_global_norm(oc.grad_clip_norm), opt)
+  if oc.pretrained_lr_scale != 1.0:
+    if oc.pretrained_lr_scale < 0:
+      raise ConfigError("config.optimizer.pretrained_lr_scale must be >= 0, got "
+                        f"{oc.pretrained_lr_scale}")
+    prefix = av_model.get_visual_backbone(config.model.visual_backbone).pretrained
+    opt = optax.chain(opt, optax.masked(optax.scale(oc.pretrained_lr_scale),
+                                        lambda params: under_prefix(params, prefix)))
   return opt
+
+
+def _key_name(entry) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def under_prefix(params, prefix: tuple):
+  """A pytree of bools like `params`: True for the leaves whose path starts with `prefix`."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: tuple(_key_name(e) for e in path[:len(prefix)]) == tuple(prefix), params)
 
 
 def _copy(tree):

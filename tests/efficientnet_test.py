@@ -315,3 +315,52 @@ def test_init_visual_refuses_the_other_backbones_folder(weights_dir, tmp_path):
 def test_settings_that_do_not_apply_are_refused(field, value):
   with pytest.raises(ConfigError, match=f"config.model.{field}"):
     av_model.build_model(_config(**{field: value}).model)
+
+
+# ----------------------------------------------------------------------------
+# The fine-tuning recipe's switches: frozen BatchNorm, the pretrained LR scale
+# ----------------------------------------------------------------------------
+
+def test_frozen_batchnorm_uses_and_keeps_the_loaded_statistics():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 5)) * 3 + 1, jnp.float32)
+  frozen = efficientnet.FrozenBatchNorm(5, rngs=nnx.Rngs(0))
+  frozen.mean.set_value(jnp.arange(5.0))
+  frozen.var.set_value(jnp.full((5,), 4.0))
+  plain = nnx.BatchNorm(5, rngs=nnx.Rngs(0))
+  nnx.update(plain, nnx.state(frozen))
+  frozen.train()
+  y = np.asarray(frozen(x))
+  np.testing.assert_allclose(y, (np.asarray(x) - np.arange(5.0)) / np.sqrt(4.0 + 1e-5),
+                             rtol=1e-5)
+  np.testing.assert_array_equal(frozen.mean.get_value(), np.arange(5.0))  # not updated
+  plain.train()
+  plain(x)  # the ordinary layer does move its running mean
+  assert not np.allclose(plain.mean.get_value(), np.arange(5.0))
+
+
+def _one_update(scale):
+  from soundloc_jax import state as state_lib
+  config = _config()
+  config.optimizer.pretrained_lr_scale = scale
+  optimizer = state_lib.make_optimizer(config)
+  _, model_state = state_lib.create_model_state(config)
+  params = model_state["params"]
+  grads = jax.tree.map(lambda p: jnp.ones_like(p) * 0.01, params)
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  return updates
+
+
+def test_pretrained_lr_scale_scales_only_the_trunks_updates():
+  base, scaled = _one_update(1.0), _one_update(0.1)
+  trunk = base["visual"]["trunk"]["blocks"][3]["depthwise_conv"]["kernel"]
+  np.testing.assert_allclose(scaled["visual"]["trunk"]["blocks"][3]["depthwise_conv"]["kernel"],
+                             0.1 * trunk, rtol=1e-6)
+  assert np.abs(trunk).min() > 0
+  for path in (("visual", "proj", "kernel"), ("audio", "conv1", "kernel")):
+    a, b = base, scaled
+    for key in path:
+      a, b = a[key], b[key]
+    np.testing.assert_array_equal(a, b)
+  frozen = _one_update(0.0)
+  assert not np.any(np.asarray(frozen["visual"]["trunk"]["conv_stem"]["kernel"]))

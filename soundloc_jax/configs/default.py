@@ -108,6 +108,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # efficientnet_lite0's depthwise convolutions: "auto" (shifted multiply-adds
   # on CPU, XLA's grouped convolution elsewhere) | "shift" | "grouped".
   c.model.depthwise_impl = "auto"
+  # efficientnet_lite0's BatchNorm in training: "train" (batch statistics,
+  # running averages updated) | "frozen" (the loaded ImageNet statistics, kept).
+  c.model.visual_bn = "train"
   # Start the visual stream from this directory, written by
   # `python -m soundloc_jax.tools.import_torchvision_resnet18` (ImageNet
   # ResNet-18 in the papers; needs model.width = its width, 64) or, for
@@ -185,6 +188,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 0
   c.optimizer.weight_decay = 0.0
   c.optimizer.grad_clip_norm = 0.0   # 0 = off
+  # Multiplies the learning rate of the weights init_visual loads (the
+  # backbone's `pretrained` part: all of resnet18, efficientnet_lite0's trunk);
+  # 0 freezes them. 1 = one rate for everything (the optimizer as before).
+  c.optimizer.pretrained_lr_scale = 1.0
 
   c.batch_size = 64                  # global batch
   c.num_epochs = 12

@@ -22,7 +22,8 @@ ResNet-18 (`models.resnet`); d = 8 * width. The visual stream is the
     `layer4_stride`, padded as `visual_padding` (`models.resnet.PADDINGS`);
   * "efficientnet_lite0": EfficientNet-Lite0's first 11 blocks (stride 16, 112
     channels) and a 1x1 projection to d (`models.efficientnet`), its
-    depthwise convolutions computed by `depthwise_impl`; only
+    depthwise convolutions computed by `depthwise_impl`, its BatchNorm
+    trained or frozen at the loaded statistics (`visual_bn`); only
     `layer4_stride = 1` and `visual_padding = "zeros"` apply to it.
 Each entry normalises a uint8 image its own way (the scaling its ImageNet
 weights were trained with); a float image is taken as already normalised for
@@ -60,13 +61,18 @@ def l2_normalize(x, axis=-1, eps=1e-12):
   return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
-def _resnet18_visual(*, width, layer4_stride, visual_padding, depthwise_impl, dtype, rngs):
+def _resnet18_visual(*, width, layer4_stride, visual_padding, depthwise_impl, visual_bn, dtype,
+                     rngs):
   del depthwise_impl
+  if visual_bn != "train":
+    raise ConfigError(f"config.model.visual_bn={visual_bn!r} is an efficientnet_lite0 setting; "
+                      "the resnet18 visual stream trains its BatchNorm (set it to 'train')")
   return ResNet18(3, width=width, layer4_stride=layer4_stride, padding=visual_padding,
                   dtype=dtype, rngs=rngs)
 
 
-def _efficientnet_visual(*, width, layer4_stride, visual_padding, depthwise_impl, dtype, rngs):
+def _efficientnet_visual(*, width, layer4_stride, visual_padding, depthwise_impl, visual_bn,
+                         dtype, rngs):
   if layer4_stride != 1:
     raise ConfigError(f"config.model.layer4_stride={layer4_stride} is a ResNet-18 setting; "
                       "the efficientnet_lite0 visual stream is stride 16 (set it to 1)")
@@ -76,21 +82,28 @@ def _efficientnet_visual(*, width, layer4_stride, visual_padding, depthwise_impl
   if depthwise_impl != "auto" and depthwise_impl not in efficientnet.DEPTHWISE_IMPLS:
     raise ConfigError(f"config.model.depthwise_impl: unknown {depthwise_impl!r}; available: "
                       f"auto, {', '.join(efficientnet.DEPTHWISE_IMPLS)}")
-  return efficientnet.EfficientNetVisual(8 * width, depthwise_impl=depthwise_impl, dtype=dtype,
-                                         rngs=rngs)
+  if visual_bn not in efficientnet.BATCH_NORMS:
+    raise ConfigError(f"config.model.visual_bn: unknown {visual_bn!r}; available: "
+                      f"{', '.join(efficientnet.BATCH_NORMS)}")
+  return efficientnet.EfficientNetVisual(8 * width, depthwise_impl=depthwise_impl, bn=visual_bn,
+                                         dtype=dtype, rngs=rngs)
 
 
 @dataclasses.dataclass(frozen=True)
 class VisualBackbone:
   """A `config.model.visual_backbone` entry: `build(**fields)` -> a module
-  mapping a normalised image to `[B, h, w, 8 * width]`; `normalize(uint8 image)`."""
+  mapping a normalised image to `[B, h, w, 8 * width]`; `normalize(uint8 image)`;
+  `pretrained`: the path in the model's params of what `init_visual` loads
+  (`config.optimizer.pretrained_lr_scale` scales its learning rate)."""
   build: Callable
   normalize: Callable
+  pretrained: tuple
 
 
 VISUAL_BACKBONES = {
-    "resnet18": VisualBackbone(_resnet18_visual, normalize_image),
-    "efficientnet_lite0": VisualBackbone(_efficientnet_visual, efficientnet.normalize),
+    "resnet18": VisualBackbone(_resnet18_visual, normalize_image, ("visual",)),
+    "efficientnet_lite0": VisualBackbone(_efficientnet_visual, efficientnet.normalize,
+                                         ("visual", "trunk")),
 }
 
 
@@ -107,7 +120,7 @@ class AVModel(nnx.Module):
   def __init__(self, *, width: int = 64, layer4_stride: int = 1, audio_layer4_stride: int = 2,
                audio_pool: str = "mean", visual_padding: str = "zeros",
                visual_backbone: str = "resnet18", depthwise_impl: str = "auto",
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               visual_bn: str = "train", dtype=jnp.float32, rngs: nnx.Rngs):
     if audio_pool not in AUDIO_POOLS:
       raise ConfigError(f"config.model.audio_pool: unknown {audio_pool!r}; available: "
                         f"{', '.join(AUDIO_POOLS)}")
@@ -117,7 +130,7 @@ class AVModel(nnx.Module):
     backbone = get_visual_backbone(visual_backbone)
     self.visual = backbone.build(width=width, layer4_stride=layer4_stride,
                                  visual_padding=visual_padding, depthwise_impl=depthwise_impl,
-                                 dtype=dtype, rngs=rngs)
+                                 visual_bn=visual_bn, dtype=dtype, rngs=rngs)
     self.visual_normalize = backbone.normalize
     self.audio = ResNet18(1, width=width, layer4_stride=audio_layer4_stride, dtype=dtype,
                           rngs=rngs)
@@ -134,7 +147,7 @@ class AVModel(nnx.Module):
 
 def build_model(model_config, seed: int = 0) -> AVModel:
   """AVModel from `config.model` (width, layer4_stride, audio_layer4_stride,
-  audio_pool, visual_padding, visual_backbone, depthwise_impl, compute_dtype; a
+  audio_pool, visual_padding, visual_backbone, depthwise_impl, visual_bn, compute_dtype; a
   config.json written before a field existed gets its default from
   `workdir.read_config`)."""
   return AVModel(width=model_config.width, layer4_stride=model_config.layer4_stride,
@@ -143,4 +156,5 @@ def build_model(model_config, seed: int = 0) -> AVModel:
                  visual_padding=model_config.visual_padding,
                  visual_backbone=model_config.visual_backbone,
                  depthwise_impl=model_config.depthwise_impl,
+                 visual_bn=model_config.visual_bn,
                  dtype=jnp.dtype(model_config.compute_dtype), rngs=nnx.Rngs(seed))

@@ -32,6 +32,11 @@ on GPU it is the native kernel; "auto" (the default) picks "shift" on the
 CPU backend and "grouped" elsewhere. 1x1 convolutions are matmuls over the
 channel axis, which is what XLA lowers them to on every backend.
 
+`bn="frozen"` makes every BatchNorm normalise with its running statistics in
+training too and leaves them as loaded (`FrozenBatchNorm`; the variables are
+the same, so checkpoints are interchangeable); "train" (the default) is
+ordinary BatchNorm.
+
 `num_blocks` keeps only the first blocks (11 ends at stride 16 with 112
 channels, `STRIDE16_BLOCKS`: the visual stream's feature map); `head=False`
 drops the head and classifier. Input: float `[B, H, W, 3]` already scaled by
@@ -164,9 +169,21 @@ class Pointwise(nnx.Module):
     return jnp.matmul(x.astype(self.dtype), self.kernel.get_value().astype(self.dtype))
 
 
-def _bn(channels, dtype, rngs):
-  return nnx.BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype,
-                       rngs=rngs)
+class FrozenBatchNorm(nnx.BatchNorm):
+  """BatchNorm that normalises with its running statistics in train mode too
+  and never updates them (its scale and bias still train); same variables."""
+
+  def __call__(self, x, **kwargs):
+    kwargs["use_running_average"] = True
+    return super().__call__(x, **kwargs)
+
+
+BATCH_NORMS = {"train": nnx.BatchNorm, "frozen": FrozenBatchNorm}
+
+
+def _bn(channels, dtype, rngs, mode="train"):
+  return BATCH_NORMS[mode](channels, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype,
+                           rngs=rngs)
 
 
 def relu6(x):
@@ -177,19 +194,19 @@ class MBConv(nnx.Module):
   """Mobile inverted bottleneck without squeeze-excitation (EfficientNet-Lite)."""
 
   def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int, *,
-               depthwise_impl: str, dtype, rngs: nnx.Rngs):
+               depthwise_impl: str, dtype, rngs: nnx.Rngs, bn: str = "train"):
     mid = cin * expand
     if expand != 1:
       self.expand_conv = Pointwise(cin, mid, dtype=dtype, rngs=rngs)
-      self.bn0 = _bn(mid, dtype, rngs)
+      self.bn0 = _bn(mid, dtype, rngs, bn)
     else:
       self.expand_conv = None
       self.bn0 = None
     self.depthwise_conv = Depthwise(mid, kernel, stride, impl=depthwise_impl, dtype=dtype,
                                     rngs=rngs)
-    self.bn1 = _bn(mid, dtype, rngs)
+    self.bn1 = _bn(mid, dtype, rngs, bn)
     self.project_conv = Pointwise(mid, cout, dtype=dtype, rngs=rngs)
-    self.bn2 = _bn(cout, dtype, rngs)
+    self.bn2 = _bn(cout, dtype, rngs, bn)
     self.residual = stride == 1 and cin == cout
 
   def __call__(self, x):
@@ -206,25 +223,29 @@ class EfficientNetLite0(nnx.Module):
   (`features` -> the map after `num_blocks` blocks, or after the head)."""
 
   def __init__(self, *, num_blocks: int = NUM_BLOCKS, head: bool = True,
-               depthwise_impl: str = "auto", dtype=jnp.float32, rngs: nnx.Rngs):
+               depthwise_impl: str = "auto", bn: str = "train", dtype=jnp.float32,
+               rngs: nnx.Rngs):
     if not 0 < num_blocks <= NUM_BLOCKS:
       raise ValueError(f"EfficientNetLite0: num_blocks must be in 1..{NUM_BLOCKS}, "
                        f"got {num_blocks}")
     if head and num_blocks != NUM_BLOCKS:
       raise ValueError("EfficientNetLite0: the head needs all 16 blocks")
     resolve_depthwise_impl(depthwise_impl)  # fails early on a bad name
+    if bn not in BATCH_NORMS:
+      raise ValueError(f"unknown BatchNorm mode {bn!r}; available: {', '.join(BATCH_NORMS)}")
     self.dtype = dtype
     self.conv_stem = nnx.Conv(3, STEM_CHANNELS, (3, 3), strides=2, padding="SAME",
                               use_bias=False, dtype=dtype,
                               kernel_init=nnx.initializers.variance_scaling(
                                   2.0, "fan_out", "normal"), rngs=rngs)
-    self.bn0 = _bn(STEM_CHANNELS, dtype, rngs)
-    self.blocks = nnx.List([MBConv(*spec, depthwise_impl=depthwise_impl, dtype=dtype, rngs=rngs)
+    self.bn0 = _bn(STEM_CHANNELS, dtype, rngs, bn)
+    self.blocks = nnx.List([MBConv(*spec, depthwise_impl=depthwise_impl, dtype=dtype, rngs=rngs,
+                                   bn=bn)
                             for spec in block_specs()[:num_blocks]])
     if head:
       self.conv_head = Pointwise(channels_after(NUM_BLOCKS), HEAD_CHANNELS, dtype=dtype,
                                  rngs=rngs)
-      self.bn1 = _bn(HEAD_CHANNELS, dtype, rngs)
+      self.bn1 = _bn(HEAD_CHANNELS, dtype, rngs, bn)
       self.fc = nnx.Linear(HEAD_CHANNELS, NUM_CLASSES, dtype=dtype, rngs=rngs)
     else:
       self.conv_head = self.bn1 = self.fc = None
@@ -252,12 +273,13 @@ class EfficientNetVisual(nnx.Module):
   """The visual stream: EfficientNet-Lite0's first 11 blocks (stride 16, 112
   channels: 14x14 at 224, 8x8 at 128), then a 1x1 projection with bias to
   `out_channels` (the embedding size the audio stream has). The trunk's names
-  are `EfficientNetLite0`'s under `trunk`; the projection is `proj`."""
+  are `EfficientNetLite0`'s under `trunk` (`bn`: its BatchNorm mode); the
+  projection is `proj`."""
 
-  def __init__(self, out_channels: int, *, depthwise_impl: str = "auto", dtype=jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(self, out_channels: int, *, depthwise_impl: str = "auto", bn: str = "train",
+               dtype=jnp.float32, rngs: nnx.Rngs):
     self.trunk = EfficientNetLite0(num_blocks=STRIDE16_BLOCKS, head=False,
-                                   depthwise_impl=depthwise_impl, dtype=dtype, rngs=rngs)
+                                   depthwise_impl=depthwise_impl, bn=bn, dtype=dtype, rngs=rngs)
     self.proj = nnx.Linear(self.trunk.out_channels, out_channels, dtype=dtype, rngs=rngs)
     self.out_channels = out_channels
 
