@@ -28,7 +28,7 @@ from soundloc_jax import checkpointing, data, distributed
 from soundloc_jax import state as state_lib
 from soundloc_jax import workdir as workdir_lib
 from soundloc_jax.errors import TrainingError
-from soundloc_jax.evaluation import evaluators, plots
+from soundloc_jax.evaluation import evaluators, objectness, plots
 
 REPORT_FILES = ("metrics.json", "success_curve.png", "overlays.png")
 
@@ -98,9 +98,13 @@ def evaluate_splits(config, workdir, graphdef, state, name, data_dir, splits,
 
   An entry is a split of the training dataset (`"test"`) or of another one
   (`"other_dataset:test"`, e.g. train on VGGSound, test on Flickr too).
-  `step`: the checkpoint step scored (default `state["step"]`).
+  `step`: the checkpoint step scored (default `state["step"]`). With
+  `config.eval.ogl.weights` set, the maps scored are EZ-VSL's OGL maps
+  (`evaluation.objectness`).
   """
   predict = predict or state_lib.make_predict_fn(graphdef, outputs="all")
+  if config.eval.ogl.weights:  # EZ-VSL's object-guided localisation at test time
+    predict = objectness.with_ogl(predict, config.eval.ogl, config.eval.size)
   if step is None:
     step = int(jax.device_get(state["step"]))
   out = {}

@@ -212,6 +212,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.num_overlays = 8            # fixed validation samples drawn per epoch
   # The "extended" evaluator (evaluation/extended.py, docs/evaluation.md): AP and
   # max-F1 over visible + off-screen pairs by the maps' localisation confidence.
+  # EZ-VSL's object-guided localisation on the test splits (evaluation/objectness.py):
+  # with `weights` (an ImageNet importer's folder) the scored map is
+  # min-max(alpha * S_av + (1 - alpha) * S_obj); alpha 0 = the objectness map alone.
+  c.eval.ogl = ml_collections.ConfigDict()
+  c.eval.ogl.weights = ""
+  c.eval.ogl.alpha = 0.4
   c.eval.extended = ml_collections.ConfigDict()
   c.eval.extended.confidence = "slavc"   # top-quarter mean of (h + 1) / 2; "peak", "mean"
   c.eval.extended.ap_rule = "exact"      # or "slavc" (the released code's thresholds)
