@@ -16,7 +16,12 @@ and cIoU intervals, retrieval R@1, and the median rule's cIoU ceiling. Two
 rows need no training: `untrained` (the ICL model saved at step 0,
 `num_epochs=0`) and `centre` (a fixed Gaussian guess at the image centre,
 `evaluation.baselines.centre_prior`; pointing has to beat it, not only
-chance).
+chance). `--benchmark=stamps128_imagenet` (and `stamps_imagenet`) is the same
+with the ImageNet visual stream (import it first: `python -m
+soundloc_jax.tools.import_efficientnet_lite0 --out=weights/efficientnet_lite0`);
+it adds `objectness` (the ImageNet objectness map alone, EZ-VSL's OGL prior
+with no audio, which an ImageNet map's pointing has to beat) and `ezvsl_ogl`
+(the `ezvsl` row's model scored with OGL, no training).
 
 Each (method, seed) trains with `python -m soundloc_jax.main` in
 `OUT/<method>/seed<S>` for `--epochs` epochs with `--config.seed=S` and
@@ -56,6 +61,9 @@ import time
 import results_tables  # scripts/, next to this file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+from soundloc_jax.configs import datasets  # noqa: E402  (after the path, for a clone)
 
 # LVS-style losses on the demo need LVS's released-code negatives: with Eq. 5's
 # plain spatial means they collapse (docs/methods.md, LVS and Vanilla-LVS).
@@ -128,6 +136,18 @@ METHODS["ihp_random"] = (_IHP + ":,neighbours=random", None,
 METHODS["untrained"] = ("configs/iterative.py", None, "untrained (step 0)",
                         ("--config.num_epochs=0",))
 METHODS["centre"] = (None, None, "centre guess (Gaussian, sigma = side / 4)", ())
+# The ImageNet benchmarks (`*_imagenet`): EZ-VSL's object-guided localisation
+# (`config.eval.ogl`, evaluation/objectness.py) from the imported classifier.
+# `objectness` is its map alone (alpha 0: no audio), on the step-0 model;
+# `ezvsl_ogl` scores the `ezvsl` row's final model with OGL (alpha 0.4) and
+# trains nothing (`SCORED_FROM`: the run it starts from, 0 epochs).
+_OGL = (f"--config.eval.ogl.weights={datasets.IMAGENET_WEIGHTS}",)
+METHODS["objectness"] = ("configs/iterative.py", None,
+                         "ImageNet objectness map alone (OGL, no audio)",
+                         ("--config.num_epochs=0", "--config.eval.ogl.alpha=0.0") + _OGL)
+METHODS["ezvsl_ogl"] = ("configs/ezvsl.py", None, "EZ-VSL + OGL (its full method, alpha 0.4)",
+                        ("--config.num_epochs=0", "--config.model.init_visual=") + _OGL)
+SCORED_FROM = {"ezvsl_ogl": "ezvsl"}
 # `<row>_init`: the same row started from the Vanilla-LVS run of the same seed
 # (`model.init_from`, both streams; fresh optimizer and step) and trained for
 # as many epochs again; `lvs_vanilla_init` is that baseline trained on.
@@ -245,6 +265,9 @@ def train_one(args, method: str, seed: int) -> None:
   if method.endswith("_init"):
     train_one(args, INIT_FROM, seed)
     flags.append(f"--config.model.init_from={workdir_of(args.out, INIT_FROM, seed)}")
+  if method in SCORED_FROM:
+    train_one(args, SCORED_FROM[method], seed)
+    flags.append(f"--config.model.init_from={workdir_of(args.out, SCORED_FROM[method], seed)}")
   os.makedirs(workdir, exist_ok=True)
   _run([sys.executable, "-m", "soundloc_jax.main", *flags], os.path.join(workdir, "train.log"))
 
