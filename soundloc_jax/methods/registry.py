@@ -9,9 +9,11 @@ Contract for a registry entry (`Method`):
   * `needs_teacher`: the method uses the frozen previous-epoch model.
   * `needs_neighbours`: batches carry neighbour samples (HardPos): the
     trainer builds the neighbour table (`methods.neighbours.from_config`),
-    batches hold `[B, 2, ...]` inputs plus `negative_mask` (`input_pipeline.
-    train_iterator`), the model runs on them flattened to `[2B, ...]`
-    (`state.model_inputs`) and the loss gets those `[2B]` outputs.
+    batches hold `[B, 2, ...]` inputs plus `negative_mask` and
+    `audio_neighbour_mask` (`input_pipeline.train_iterator`), the model runs
+    on them flattened to `[2B, ...]` (`state.model_inputs`) and the loss gets
+    those `[2B]` outputs. A method may need both (ICL x HardPos): the teacher
+    then runs on the same flattened inputs, so its outputs are `[2B]` too.
   * `teacher_active(epoch, method_config)`: whether the teacher is used in
     that epoch (ICL's first `init_epochs` train with Eq. 3 only). The trainer
     compiles one step per distinct value, so this is a static choice.
