@@ -93,7 +93,7 @@ def test_from_scratch_eq3_with_mined_positives_then_the_teacher(baseline, demo_d
              for r in records if not r["teacher"])  # whole-image regions without a teacher
 
 
-@pytest.mark.parametrize("benchmark", ["demo", "stamps128"])
+@pytest.mark.parametrize("benchmark", ["demo", "stamps128", "stamps128_imagenet"])
 def test_compare_methods_rows_change_one_switch_each_and_pass_the_check(benchmark):
   """scripts/compare_methods.py's ICL x HardPos rows: each loads on the
   benchmark's preset, passes the method's config check, mines from the

@@ -2,7 +2,9 @@
 
 `--config=configs/icl_hardpos.py[:PRESET][,neighbours=KIND]`
   PRESET   "" (default): the embedded av_digits demo; stamps, stamps128: the
-           real-media benchmark built offline (96 / 128 px).
+           real-media benchmark built offline (96 / 128 px); stamps_imagenet,
+           stamps128_imagenet: the same with the ImageNet visual stream
+           (configs/datasets.py: every stamps preset of the other methods).
   KIND     mined (default): neighbours from the file `python -m soundloc_jax.mine
            --workdir=BASELINE_WORKDIR` writes from a finished Vanilla-LVS run
            (`configs/lvs.py:,variant=vanilla`), passed with
