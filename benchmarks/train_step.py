@@ -83,6 +83,8 @@ def parse_args(argv=None):
                  default="resnet18", help="config.model.visual_backbone")
   p.add_argument("--depthwise_impl", choices=("auto", "shift", "grouped"), default="auto",
                  help="config.model.depthwise_impl (efficientnet_lite0)")
+  p.add_argument("--visual_trunk", choices=("finetune", "frozen"), default="finetune",
+                 help="config.model.visual_trunk (efficientnet_lite0)")
   return p.parse_args(argv)
 
 
@@ -231,6 +233,7 @@ def bench_jax(args, config):
       "image_size": args.image_size, "spec": [f, t], "width": args.width, "dtype": args.dtype,
       "visual_backbone": config.model.visual_backbone,
       "depthwise_impl": config.model.depthwise_impl,
+      "visual_trunk": config.model.visual_trunk,
       "samples_per_s": args.batch / step_s, "ms_per_step": 1e3 * step_s,
       "ms_per_sample": 1e3 * step_s / args.batch,
       "ms_per_step_min": 1e3 * min(times), "timed_steps": len(times),
@@ -404,6 +407,7 @@ def main(argv=None):
   config.dataset.image_size = args.image_size
   config.model.visual_backbone = args.visual_backbone
   config.model.depthwise_impl = args.depthwise_impl
+  config.model.visual_trunk = args.visual_trunk
   result = bench_jax(args, config)
   if args.torch:
     peer = bench_torch(args, config)

@@ -364,3 +364,29 @@ def test_pretrained_lr_scale_scales_only_the_trunks_updates():
     np.testing.assert_array_equal(a, b)
   frozen = _one_update(0.0)
   assert not np.any(np.asarray(frozen["visual"]["trunk"]["conv_stem"]["kernel"]))
+
+
+def test_a_frozen_trunk_gets_no_gradient_and_keeps_its_statistics():
+  model = av_model.build_model(_config(visual_trunk="frozen").model)
+  model.train()
+  rng = np.random.default_rng(0)
+  image = jnp.asarray(rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
+  spec = jnp.asarray(rng.normal(size=(4, 16, 20)), jnp.float32)
+  before = jax.tree.map(np.asarray, nnx.state(model.visual.trunk, nnx.BatchStat))
+
+  def loss(m):
+    out = m(image, spec)
+    return jnp.mean(out["response"] * jnp.arange(4.0)[:, None, None])
+
+  grads = nnx.jit(nnx.grad(loss))(model)
+  trunk = jax.tree.leaves(grads["visual"]["trunk"])
+  assert trunk and not any(np.any(np.asarray(g)) for g in trunk)
+  assert np.any(np.asarray(grads["visual"]["proj"]["kernel"]))
+  assert np.any(np.asarray(grads["audio"]["conv1"]["kernel"]))
+  after = jax.tree.map(np.asarray, nnx.state(model.visual.trunk, nnx.BatchStat))
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ConfigError, match="config.model.visual_trunk"):
+    c = default.get_config()
+    c.model.visual_trunk = "frozen"
+    av_model.build_model(c.model)

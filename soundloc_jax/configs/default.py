@@ -111,6 +111,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # efficientnet_lite0's BatchNorm in training: "train" (batch statistics,
   # running averages updated) | "frozen" (the loaded ImageNet statistics, kept).
   c.model.visual_bn = "train"
+  # efficientnet_lite0's trunk: "finetune" | "frozen" (a fixed function of the
+  # image: BatchNorm frozen, no backward pass through it; only the projection
+  # after it trains).
+  c.model.visual_trunk = "finetune"
   # Start the visual stream from this directory, written by
   # `python -m soundloc_jax.tools.import_torchvision_resnet18` (ImageNet
   # ResNet-18 in the papers; needs model.width = its width, 64) or, for

@@ -23,7 +23,8 @@ ResNet-18 (`models.resnet`); d = 8 * width. The visual stream is the
   * "efficientnet_lite0": EfficientNet-Lite0's first 11 blocks (stride 16, 112
     channels) and a 1x1 projection to d (`models.efficientnet`), its
     depthwise convolutions computed by `depthwise_impl`, its BatchNorm
-    trained or frozen at the loaded statistics (`visual_bn`); only
+    trained or frozen at the loaded statistics (`visual_bn`), the trunk
+    fine-tuned or fixed (`visual_trunk="frozen"`: no gradient); only
     `layer4_stride = 1` and `visual_padding = "zeros"` apply to it.
 Each entry normalises a uint8 image its own way (the scaling its ImageNet
 weights were trained with); a float image is taken as already normalised for
@@ -61,9 +62,13 @@ def l2_normalize(x, axis=-1, eps=1e-12):
   return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
-def _resnet18_visual(*, width, layer4_stride, visual_padding, depthwise_impl, visual_bn, dtype,
-                     rngs):
+def _resnet18_visual(*, width, layer4_stride, visual_padding, depthwise_impl, visual_bn,
+                     visual_trunk, dtype, rngs):
   del depthwise_impl
+  if visual_trunk != "finetune":
+    raise ConfigError(f"config.model.visual_trunk={visual_trunk!r} is an efficientnet_lite0 "
+                      "setting (set it to 'finetune'; optimizer.pretrained_lr_scale=0 freezes "
+                      "a resnet18's weights)")
   if visual_bn != "train":
     raise ConfigError(f"config.model.visual_bn={visual_bn!r} is an efficientnet_lite0 setting; "
                       "the resnet18 visual stream trains its BatchNorm (set it to 'train')")
@@ -72,7 +77,7 @@ def _resnet18_visual(*, width, layer4_stride, visual_padding, depthwise_impl, vi
 
 
 def _efficientnet_visual(*, width, layer4_stride, visual_padding, depthwise_impl, visual_bn,
-                         dtype, rngs):
+                         visual_trunk, dtype, rngs):
   if layer4_stride != 1:
     raise ConfigError(f"config.model.layer4_stride={layer4_stride} is a ResNet-18 setting; "
                       "the efficientnet_lite0 visual stream is stride 16 (set it to 1)")
@@ -85,8 +90,14 @@ def _efficientnet_visual(*, width, layer4_stride, visual_padding, depthwise_impl
   if visual_bn not in efficientnet.BATCH_NORMS:
     raise ConfigError(f"config.model.visual_bn: unknown {visual_bn!r}; available: "
                       f"{', '.join(efficientnet.BATCH_NORMS)}")
+  if visual_trunk not in TRUNK_MODES:
+    raise ConfigError(f"config.model.visual_trunk: unknown {visual_trunk!r}; available: "
+                      f"{', '.join(TRUNK_MODES)}")
   return efficientnet.EfficientNetVisual(8 * width, depthwise_impl=depthwise_impl, bn=visual_bn,
-                                         dtype=dtype, rngs=rngs)
+                                         frozen=visual_trunk == "frozen", dtype=dtype, rngs=rngs)
+
+
+TRUNK_MODES = ("finetune", "frozen")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +131,8 @@ class AVModel(nnx.Module):
   def __init__(self, *, width: int = 64, layer4_stride: int = 1, audio_layer4_stride: int = 2,
                audio_pool: str = "mean", visual_padding: str = "zeros",
                visual_backbone: str = "resnet18", depthwise_impl: str = "auto",
-               visual_bn: str = "train", dtype=jnp.float32, rngs: nnx.Rngs):
+               visual_bn: str = "train", visual_trunk: str = "finetune", dtype=jnp.float32,
+               rngs: nnx.Rngs):
     if audio_pool not in AUDIO_POOLS:
       raise ConfigError(f"config.model.audio_pool: unknown {audio_pool!r}; available: "
                         f"{', '.join(AUDIO_POOLS)}")
@@ -130,7 +142,8 @@ class AVModel(nnx.Module):
     backbone = get_visual_backbone(visual_backbone)
     self.visual = backbone.build(width=width, layer4_stride=layer4_stride,
                                  visual_padding=visual_padding, depthwise_impl=depthwise_impl,
-                                 visual_bn=visual_bn, dtype=dtype, rngs=rngs)
+                                 visual_bn=visual_bn, visual_trunk=visual_trunk, dtype=dtype,
+                                 rngs=rngs)
     self.visual_normalize = backbone.normalize
     self.audio = ResNet18(1, width=width, layer4_stride=audio_layer4_stride, dtype=dtype,
                           rngs=rngs)
@@ -147,7 +160,8 @@ class AVModel(nnx.Module):
 
 def build_model(model_config, seed: int = 0) -> AVModel:
   """AVModel from `config.model` (width, layer4_stride, audio_layer4_stride,
-  audio_pool, visual_padding, visual_backbone, depthwise_impl, visual_bn, compute_dtype; a
+  audio_pool, visual_padding, visual_backbone, depthwise_impl, visual_bn, visual_trunk,
+  compute_dtype; a
   config.json written before a field existed gets its default from
   `workdir.read_config`)."""
   return AVModel(width=model_config.width, layer4_stride=model_config.layer4_stride,
@@ -157,4 +171,5 @@ def build_model(model_config, seed: int = 0) -> AVModel:
                  visual_backbone=model_config.visual_backbone,
                  depthwise_impl=model_config.depthwise_impl,
                  visual_bn=model_config.visual_bn,
+                 visual_trunk=model_config.visual_trunk,
                  dtype=jnp.dtype(model_config.compute_dtype), rngs=nnx.Rngs(seed))

@@ -274,14 +274,21 @@ class EfficientNetVisual(nnx.Module):
   channels: 14x14 at 224, 8x8 at 128), then a 1x1 projection with bias to
   `out_channels` (the embedding size the audio stream has). The trunk's names
   are `EfficientNetLite0`'s under `trunk` (`bn`: its BatchNorm mode); the
-  projection is `proj`."""
+  projection is `proj`. `frozen=True` fixes the trunk: BatchNorm frozen and
+  no gradient through it (the step skips its backward pass; its weights get
+  zero gradients and stay as loaded under Adam); only the projection trains."""
 
   def __init__(self, out_channels: int, *, depthwise_impl: str = "auto", bn: str = "train",
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               frozen: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
     self.trunk = EfficientNetLite0(num_blocks=STRIDE16_BLOCKS, head=False,
-                                   depthwise_impl=depthwise_impl, bn=bn, dtype=dtype, rngs=rngs)
+                                   depthwise_impl=depthwise_impl, bn="frozen" if frozen else bn,
+                                   dtype=dtype, rngs=rngs)
     self.proj = nnx.Linear(self.trunk.out_channels, out_channels, dtype=dtype, rngs=rngs)
     self.out_channels = out_channels
+    self.frozen = frozen
 
   def __call__(self, x):
-    return self.proj(self.trunk.features(x))
+    features = self.trunk.features(x)
+    if self.frozen:  # a fixed function of the image: no backward pass through it
+      features = jax.lax.stop_gradient(features)
+    return self.proj(features)
