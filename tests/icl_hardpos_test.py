@@ -5,6 +5,7 @@ the teacher and the neighbour batches at once."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -127,3 +128,42 @@ def test_compare_methods_rows_change_one_switch_each_and_pass_the_check(benchmar
     if row == "ihp_random":
       named = {"method.neighbours"}
     assert changed == named, (row, changed, named)
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one_across_a_teacher_refresh(baseline,
+                                                                           demo_data_dir,
+                                                                           tmp_path):
+  """Stopped mid-epoch and resumed past the epoch end where the teacher is
+  refreshed: the teacher, the student, the optimizer and BatchNorm state all
+  equal the uninterrupted run's, bit for bit (neighbour draws and the teacher
+  both come from the checkpoint and (seed, step))."""
+  from soundloc_jax import checkpointing
+  from soundloc_jax import state as train_state
+  workdir, path = baseline
+
+  def config(max_steps):
+    return demo_config(icl_hardpos_config.get_config(""), demo_data_dir, num_epochs=2,
+                       max_steps=max_steps,
+                       **{"method.neighbours_path": path, "method.num_neighbours": 50,
+                          "method.init_epochs": 0, "method.teacher_guard": False,
+                          "model.init_from": workdir})
+
+  train.train_and_evaluate(config(52), str(tmp_path / "full"))
+  for stop in (30, 52):
+    train.train_and_evaluate(config(stop), str(tmp_path / "resumed"))
+  states = []
+  for run in ("full", "resumed"):
+    ckpt = checkpointing.Checkpointer(str(tmp_path / run / "checkpoints"))
+    _, abstract = train_state.create_train_state(config(52), train_state.make_optimizer(config(52)),
+                                                 pretrained=False)
+    states.append(ckpt.restore(ckpt.latest_step(), abstract)[0])
+    ckpt.close()
+  a, b = states
+  assert int(a["step"]) == int(b["step"]) == 52
+  for key in ("params", "batch_stats", "opt_state", "teacher_params", "teacher_batch_stats"):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
+                 a[key], b[key])
+  # The teacher was refreshed at step 48: it is no longer the baseline's model.
+  assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(
+      jax.tree.leaves(a["teacher_params"]),
+      jax.tree.leaves(soundloc_jax.load(workdir).params)))

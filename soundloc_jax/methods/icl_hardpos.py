@@ -88,7 +88,6 @@ import jax.numpy as jnp
 
 from soundloc_jax.errors import ConfigError
 from soundloc_jax.methods import hardpos, icl
-from soundloc_jax.methods.lvs import masked_response
 from soundloc_jax.methods.registry import Method, register
 
 MINED_REGIONS = ("teacher", "soft")
