@@ -30,9 +30,9 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from soundloc_jax.errors import ConfigError
 from soundloc_jax.models.efficientnet import EfficientNetLite0
-from soundloc_jax.tools.resnet_weights import WeightsError, flat_variables
+from soundloc_jax.tools.resnet_weights import (WeightsError, assign_stored, flat_variables,
+                                               read_npz)
 
 WEIGHTS_FILE = "efficientnet_lite0.npz"
 INFO_FILE = "info.json"
@@ -140,27 +140,9 @@ def load_dir(model: EfficientNetLite0, directory: str,
   """Sets `model`'s variables (whole or truncated) from `save_dir`'s files; a
   ConfigError naming `field` and the file when it is missing or does not fit."""
   path = os.path.join(os.path.expanduser(directory), WEIGHTS_FILE)
-  try:
-    with np.load(path) as npz:
-      stored = {k: npz[k] for k in npz.files}
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"{field}: cannot read {path} ({type(e).__name__}); write it with "
-                      "python -m soundloc_jax.tools.import_efficientnet_lite0 "
-                      f"--out={directory}") from None
-  variables = flat_variables(model)
-  for key, variable in variables.items():
-    want = tuple(variable.get_value().shape)
-    if key not in stored:
-      raise ConfigError(f"{field}: {path} has no {key}; not written by our importer?")
-    if stored[key].shape != want:
-      raise ConfigError(f"{field}: {path}: {key} has shape {stored[key].shape}, the model "
-                        f"expects {want}")
-  extra = sorted(k for k in set(stored) - set(variables)
-                 if not _may_stay_unread(k, len(model.blocks)))
-  if extra:
-    raise ConfigError(f"{field}: {path} has {extra[0]}, which the model lacks")
-  for key, variable in variables.items():
-    variable.set_value(jnp.asarray(stored[key], variable.get_value().dtype))
+  stored = read_npz(path, field, f"import_efficientnet_lite0 --out={directory}")
+  assign_stored(flat_variables(model), stored, path, field,
+                unread_ok=lambda k: _may_stay_unread(k, len(model.blocks)))
 
 
 def read_info(directory: str) -> dict:

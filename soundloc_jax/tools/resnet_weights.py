@@ -158,23 +158,42 @@ def load_dir(resnet: ResNet18, directory: str, field: str = "config.model.init_v
     raise ConfigError(f"{field}: {directory} does not exist (write it with python -m "
                       "soundloc_jax.tools.import_torchvision_resnet18 --checkpoint=... "
                       f"--out={directory})")
+  stored = read_npz(path, field, "import_torchvision_resnet18")
+
+  def shape_hint(stored):
+    width = stored.get("params/bn1/scale", np.zeros(0)).size
+    return f" (the file holds a width-{width} ResNet-18; is config.model.width right?)"
+
+  assign_stored(flat_variables(resnet), stored, path, field,
+                unread_ok=lambda k: k in (FC_KERNEL, FC_BIAS), shape_hint=shape_hint)
+
+
+def read_npz(path: str, field: str, importer: str) -> dict:
+  """`{name: array}` of a weights folder's .npz; ConfigError naming `field`,
+  the file and the importer command (`soundloc_jax.tools.<importer>`) when it
+  cannot be read."""
   try:
     with np.load(path) as npz:
-      stored = {k: npz[k] for k in npz.files}
+      return {k: npz[k] for k in npz.files}
   except (OSError, ValueError) as e:
-    raise ConfigError(f"{field}: cannot read {path} ({type(e).__name__}); "
-                      "write it with python -m soundloc_jax.tools.import_torchvision_resnet18") from None
-  variables = flat_variables(resnet)
+    raise ConfigError(f"{field}: cannot read {path} ({type(e).__name__}); write it with "
+                      f"python -m soundloc_jax.tools.{importer}") from None
+
+
+def assign_stored(variables: dict, stored: dict, path: str, field: str, *,
+                  unread_ok=lambda key: False, shape_hint=lambda stored: "") -> None:
+  """Sets every variable of `variables` (`flat_variables`) from `stored`; every
+  stored array must be used unless `unread_ok(name)`. Nothing is set when a
+  name is missing, a shape differs (`shape_hint(stored)` is appended) or an
+  array is left over: ConfigError naming `field` and `path`."""
   for key, variable in variables.items():
     want = tuple(variable.get_value().shape)
     if key not in stored:
       raise ConfigError(f"{field}: {path} has no {key}; not written by our importer?")
     if stored[key].shape != want:
-      width = stored.get("params/bn1/scale", np.zeros(0)).size
       raise ConfigError(f"{field}: {path}: {key} has shape {stored[key].shape}, the model "
-                        f"expects {want} (the file holds a width-{width} ResNet-18; "
-                        "is config.model.width right?)")
-  extra = sorted(set(stored) - set(variables) - {FC_KERNEL, FC_BIAS})
+                        f"expects {want}{shape_hint(stored)}")
+  extra = sorted(k for k in set(stored) - set(variables) if not unread_ok(k))
   if extra:
     raise ConfigError(f"{field}: {path} has {extra[0]}, which the model lacks")
   for key, variable in variables.items():
