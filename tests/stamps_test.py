@@ -683,3 +683,27 @@ def test_a_split_scored_with_its_offscreen_split(built):
 
   m = evaluators.score_with_offscreen(config, "test", test, off, sees_only_the_image)
   assert m["ap"] == pytest.approx(0.5) and m["lit_offscreen"] == 1.0
+
+
+def test_the_offscreen_reference_maps_score_what_they_should(built):
+  """scripts/offscreen_baselines.py: the oracle that follows the sound scores
+  AP 1, the one that sees only the image AP 1/2 with every off-screen pair
+  lit, the centre guess one confidence for all (AP = the positive rate)."""
+  from soundloc_jax.configs import iterative
+  from tests.helpers import import_script
+  script = import_script("offscreen_baselines")
+  config = iterative.get_config("stamps")
+  config.audio.clip_seconds = AUDIO["clip_seconds"]
+  config.dataset.image_size = SIZE
+  config.eval.extended.probes = ("silence", "noise")
+  sources = built["builder"].as_data_source()
+  test, off = sources["test"], sources["test_offscreen"]
+  maps = script.reference_maps(test, f"pixels:{SIZE}", config.eval.size, SIZE, SIZE // 16,
+                               np.random.default_rng(0))
+  follows = script.score_all(config, "test", test, off, maps["oracle, follows the sound"])
+  assert follows["ap"] == pytest.approx(1.0) and follows["own_above_silence"] == 1.0
+  assert follows["ap_slavc"] < 1.0 and follows["lit_offscreen"] == 0.0
+  image_only = script.score_all(config, "test", test, off, maps["oracle, image only"])
+  assert image_only["ap"] == pytest.approx(0.5) and image_only["own_above_noise"] == 0.5
+  centre = script.score_all(config, "test", test, off, maps["centre guess"])
+  assert centre["conf_visible_p50"] == centre["conf_offscreen_p50"]

@@ -264,21 +264,35 @@ def concat_outputs(*parts: SplitOutputs) -> SplitOutputs:
                       visible=np.concatenate(visible))
 
 
-def score_with_offscreen(config, name: str, source, offscreen_source, predict_fn) -> dict:
-  """The `extended` metrics of a split scored together with its off-screen
-  split (e.g. stamps `test` + `test_offscreen`: each image once with its own
-  sound, once with a sound from nowhere in it): AP, max-F1, the confidence
-  distributions, `false_alarm` / `lit_offscreen` over the union; the probes of
-  `config.eval.extended.probes` on `source`'s images (`<probe>_*`). The same
-  metric names as the evaluator; `n` counts the union."""
-  ev = config.eval
-  evaluator = SplitEvaluator(name, source, config, ("extended",))
-  own = evaluator.collect(predict_fn, probes=tuple(ev.extended.probes))
+def collect_with_offscreen(config, name: str, source, offscreen_source, predict_fn):
+  """`(own, off)`: the outputs of `source` (with the probes of
+  `config.eval.extended.probes`) and of its off-screen split, what
+  `extended_with_offscreen` scores."""
+  own = SplitEvaluator(name, source, config, ("extended",)).collect(
+      predict_fn, probes=tuple(config.eval.extended.probes))
   off = SplitEvaluator(f"{name} (off-screen)", offscreen_source, config, ("extended",)).collect(
       predict_fn)
+  return own, off
+
+
+def extended_with_offscreen(own: SplitOutputs, off: SplitOutputs, ev) -> dict:
+  """The `extended` metrics (config `ev` = `config.eval`) of a split's outputs
+  `own` scored together with its off-screen split's `off`: AP, max-F1, the
+  confidence distributions, `false_alarm` / `lit_offscreen` over the union;
+  the probes on `own`'s images (`<probe>_*`); `n` counts the union."""
   union, _, _ = _extended_parts(concat_outputs(own, off), ev, probes=False)
   _, probes, _ = _extended_parts(own, ev)
   return {**union, **probes, "n": len(own.ids) + len(off.ids)}
+
+
+def score_with_offscreen(config, name: str, source, offscreen_source, predict_fn) -> dict:
+  """The `extended` metrics of a split scored together with its off-screen
+  split (e.g. stamps `test` + `test_offscreen`: each image once with its own
+  sound, once with a sound from nowhere in it; each split alone has one kind
+  of pair only): `collect_with_offscreen`, then `extended_with_offscreen`.
+  The same metric names as the evaluator."""
+  own, off = collect_with_offscreen(config, name, source, offscreen_source, predict_fn)
+  return extended_with_offscreen(own, off, config.eval)
 
 
 EVALUATORS = {e.name: e for e in (

@@ -102,7 +102,11 @@ def bicubic_align_corners(maps, size) -> np.ndarray:
   if squeeze:
     m = m[None]
   rows, cols = bicubic_matrix(int(size), m.shape[-2]), bicubic_matrix(int(size), m.shape[-1])
-  out = np.einsum("Hh,nhw,Ww->nHW", rows, m, cols).astype(np.float32)
+  n, h, w = m.shape
+  # two flat BLAS products (a batched matmul is ~100x slower here)
+  wide = (m.reshape(n * h, w) @ cols.T).reshape(n, h, -1)                 # [n, h, W]
+  out = (wide.transpose(0, 2, 1).reshape(-1, h) @ rows.T).reshape(n, -1, rows.shape[0])
+  out = out.transpose(0, 2, 1).astype(np.float32)                         # [n, H, W]
   return out[0] if squeeze else out
 
 
