@@ -338,11 +338,16 @@ def score_extended(args, method: str, workdir: str) -> None:
     config = apply_extra(iterative.get_config(BENCHMARKS[args.benchmark]), args.extra)
     prior = baselines.centre_prior(1, config.eval.size)[0]
     predict = lambda image, spectrogram: np.broadcast_to(prior, (len(image),) + prior.shape)  # noqa: E731
-  else:
+  else:  # the maps evaluate.evaluate_splits scores (with OGL where the run's config has it)
     from soundloc_jax import inference
+    from soundloc_jax import state as state_lib
     loc = inference.load(workdir)
     config = loc.config
-    predict = lambda image, spectrogram: loc._predict(  # noqa: E731  pylint: disable=protected-access
+    full = state_lib.make_predict_fn(loc.graphdef, outputs="all")
+    if "ogl" in config.eval and config.eval.ogl.weights:
+      from soundloc_jax.evaluation import objectness
+      full = objectness.with_ogl(full, config.eval.ogl, config.eval.size)
+    predict = lambda image, spectrogram: full(  # noqa: E731
         loc.params, loc.batch_stats, image, spectrogram)
   if args.data_dir:
     config.dataset.data_dir = args.data_dir

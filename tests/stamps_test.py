@@ -707,3 +707,36 @@ def test_the_offscreen_reference_maps_score_what_they_should(built):
   assert image_only["ap"] == pytest.approx(0.5) and image_only["own_above_noise"] == 0.5
   centre = script.score_all(config, "test", test, off, maps["centre guess"])
   assert centre["conf_visible_p50"] == centre["conf_offscreen_p50"]
+
+
+def test_compare_methods_rescore_adds_the_extended_protocol_to_stamps_rows(built, tmp_path):
+  """`compare_methods.py --rescore` on the fake build: the centre guess and a
+  trained row (the step-0 model, trained by main) get `eval/<split>/extended.json`
+  for test and test_unseen (with their off-screen splits and the probes), and
+  the stamps table shows AP and max-F1 for both; nothing is trained again."""
+  from tests.helpers import import_script
+  compare = import_script("compare_methods")
+  data_dir = str(built["root"] / "data")
+  extra = ["--config.dataset.name=stamps/fake", f"--config.dataset.image_size={SIZE}",
+           f"--config.audio.clip_seconds={AUDIO['clip_seconds']}", "--config.batch_size=8",
+           "--config.model.width=4", "--config.eval.batch_size=12"]
+  argv = [f"--out={tmp_path}", "--seeds=0", "--methods=untrained,centre", "--benchmark=stamps",
+          f"--data_dir={data_dir}"] + [f"--extra={e}" for e in extra]
+  compare.main(argv)      # trains the step-0 row, scores both (and their extended numbers)
+  untrained = compare.workdir_of(str(tmp_path), "untrained", 0)
+  first = os.path.getmtime(compare.test_metrics_path(untrained))
+  os.remove(compare.extended_path(untrained, "test"))
+  compare.main(argv + ["--rescore"])
+  for method in ("untrained", "centre"):
+    for split in ("test", "test_unseen"):
+      with open(compare.extended_path(compare.workdir_of(str(tmp_path), method, 0), split)) as f:
+        m = json.load(f)
+      assert m["n_visible"] == SIZES[split] and m["n_offscreen"] == SIZES[f"{split}_offscreen"]
+      assert all(np.isfinite(v) for v in m.values() if isinstance(v, float))
+      assert 0.0 <= m["own_above_silence"] <= 1.0
+  assert os.path.getmtime(compare.test_metrics_path(untrained)) >= first
+  assert not os.path.exists(os.path.join(untrained, "checkpoints", "1"))  # nothing trained
+  with open(os.path.join(tmp_path, "results.md")) as f:
+    table = f.read()
+  row = next(line for line in table.splitlines() if line.startswith("| untrained"))
+  assert "n/a" not in row.split("|", 3)[3]
