@@ -310,7 +310,7 @@ def test_the_evaluator_scores_visible_and_offscreen_pairs():
   m = result.metrics
   assert m["n_visible"] == 5 and m["n_offscreen"] == 3 and m["n"] == 8
   assert m["ap"] == pytest.approx(1.0) and m["max_f1"] == 1.0
-  assert m["false_alarm"] == 0.0 and m["lit_offscreen"] == 0.0
+  assert m["false_alarm"] == 0.0 and m["lit_offscreen"] == 0.0 and m["false_alarm_f1"] == 0.0
   # flat maps (off-screen, probes) have the defined confidence (-0.5 + 1) / 2
   assert m["conf_offscreen_mean"] == pytest.approx(0.25)
   assert m["conf_silence_mean"] == pytest.approx(0.25) and m["silence_ap"] == pytest.approx(1.0)

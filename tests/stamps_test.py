@@ -703,8 +703,10 @@ def test_the_offscreen_reference_maps_score_what_they_should(built):
   follows = script.score_all(config, "test", test, off, maps["oracle, follows the sound"])
   assert follows["ap"] == pytest.approx(1.0) and follows["own_above_silence"] == 1.0
   assert follows["ap_slavc"] < 1.0 and follows["lit_offscreen"] == 0.0
+  assert follows["false_alarm_f1"] == 0.0 and follows["false_alarm_f1_noise"] == 0.0
   image_only = script.score_all(config, "test", test, off, maps["oracle, image only"])
   assert image_only["ap"] == pytest.approx(0.5) and image_only["own_above_noise"] == 0.5
+  assert image_only["false_alarm_f1"] == 1.0  # max-F1 detects everything: P 1/2, R 1
   centre = script.score_all(config, "test", test, off, maps["centre guess"])
   assert centre["conf_visible_p50"] == centre["conf_offscreen_p50"]
 

@@ -28,7 +28,8 @@ Evaluators (`EVALUATORS`; `config.evals` lists them per role):
                   the confidence distribution; `false_alarm` / `lit_offscreen`,
                   how often a pair with nothing sounding in its image gets a
                   confidence >= `eval.extended.confidence_threshold` (and its
-                  peak on an object); per probe of `eval.extended.probes`
+                  peak on an object), `false_alarm_f1` at the threshold
+                  max-F1 picks; per probe of `eval.extended.probes`
                   ("silence", "noise": the same images with that sound) the
                   same over the split's positives + every image with the probe.
 All also yield `n`. A split without annotations (real data has no annotated
@@ -210,22 +211,33 @@ def _extended_parts(outputs: SplitOutputs, ev, probes: bool = True):
     return {prefix + k: v for k, v in extended.ap_max_f1(
         positive, ciou, c, x.iou_threshold, x.ap_rule).items()}
 
-  metrics = {**block(visible, cious, conf), "n_visible": int(visible.sum()),
+  def at_f1(scores, c):
+    """Negatives (confidences `c`) detected at the threshold max-F1 picks (0.0
+    where F1 is 0 everywhere: no operating point)."""
+    if scores["max_f1"] <= 0:
+      return 0.0
+    return extended.rate(np.nan_to_num(c, nan=-np.inf) >= scores["max_f1_conf"])
+
+  main = block(visible, cious, conf)
+  metrics = {**main, "n_visible": int(visible.sum()),
              "n_offscreen": int((~visible).sum()), "n_conf_nan": int(np.isnan(conf).sum()),
              **extended.confidence_summary(conf[visible], "conf_visible"),
              **extended.confidence_summary(conf[~visible], "conf_offscreen"),
              "false_alarm": extended.rate(confident[~visible]),
-             "lit_offscreen": extended.rate((confident & lit)[~visible])}
+             "lit_offscreen": extended.rate((confident & lit)[~visible]),
+             "false_alarm_f1": at_f1(main, conf[~visible])}
   probe_metrics, per_sample = {}, {"confidence": conf}
   for name, responses in ((outputs.probe_responses or {}) if probes else {}).items():
     probe = extended.confidences(responses, x.confidence, ev.size)
     probe_lit = extended.lit_objects(responses, _object_maps(outputs), ev.size)
     probe_confident = np.nan_to_num(probe, nan=-np.inf) >= x.confidence_threshold
     own, other = np.nan_to_num(conf, nan=-np.inf), np.nan_to_num(probe, nan=-np.inf)
+    scores = block(np.concatenate([visible[visible], np.zeros(n, bool)]),
+                   np.concatenate([cious[visible], np.zeros(n)]),
+                   np.concatenate([conf[visible], probe]))
     probe_metrics.update({
-        **block(np.concatenate([visible[visible], np.zeros(n, bool)]),
-                np.concatenate([cious[visible], np.zeros(n)]),
-                np.concatenate([conf[visible], probe]), f"{name}_"),
+        **{f"{name}_{k}": v for k, v in scores.items()},
+        f"false_alarm_f1_{name}": at_f1(scores, probe),
         **extended.confidence_summary(probe, f"conf_{name}"),
         f"false_alarm_{name}": extended.rate(probe_confident),
         f"lit_{name}": extended.rate(probe_confident & probe_lit),
@@ -242,13 +254,13 @@ def _extended(outputs: SplitOutputs, ev) -> Scores:
 
 _EXTENDED_BASE = ("ap", "max_f1", "max_f1_conf", "n_visible", "n_offscreen", "n_conf_nan") + tuple(
     f"conf_{w}_{k}" for w in ("visible", "offscreen") for k in ("mean", "p10", "p50", "p90")) + (
-    "false_alarm", "lit_offscreen")
+    "false_alarm", "lit_offscreen", "false_alarm_f1")
 _EXTENDED_PROBE = ("ap", "max_f1", "max_f1_conf")
 EXTENDED_METRICS = _EXTENDED_BASE + tuple(
     m for p in extended.PROBES for m in (
         tuple(f"{p}_{k}" for k in _EXTENDED_PROBE)
         + tuple(f"conf_{p}_{k}" for k in ("mean", "p10", "p50", "p90"))
-        + (f"false_alarm_{p}", f"lit_{p}", f"own_above_{p}"))) + ("n",)
+        + (f"false_alarm_{p}", f"false_alarm_f1_{p}", f"lit_{p}", f"own_above_{p}"))) + ("n",)
 
 
 def concat_outputs(*parts: SplitOutputs) -> SplitOutputs:
