@@ -337,7 +337,9 @@ def score_extended(args, method: str, workdir: str) -> None:
     from soundloc_jax.configs import iterative
     config = apply_extra(iterative.get_config(BENCHMARKS[args.benchmark]), args.extra)
     prior = baselines.centre_prior(1, config.eval.size)[0]
-    predict = lambda image, spectrogram: np.broadcast_to(prior, (len(image),) + prior.shape)  # noqa: E731
+
+    def predict(image, spectrogram):
+      return np.broadcast_to(prior, (len(image),) + prior.shape)
   else:  # the maps evaluate.evaluate_splits scores (with OGL where the run's config has it)
     from soundloc_jax import inference
     from soundloc_jax import state as state_lib

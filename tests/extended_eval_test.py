@@ -123,7 +123,8 @@ def test_a_confidence_that_ignores_the_audio_scores_the_positive_rate():
   # one constant confidence: one threshold, everything detected
   positive3 = np.array([True, True, False, True, False, False, False, False])
   got = extended.ap_max_f1(positive3, positive3.astype(float), np.full(8, 0.3))
-  assert got["ap"] == pytest.approx(3 / 8) and got["max_f1"] == pytest.approx(2 * 3 / 8 / (1 + 3 / 8))
+  assert got["ap"] == pytest.approx(3 / 8)
+  assert got["max_f1"] == pytest.approx(2 * 3 / 8 / (1 + 3 / 8))
   # a random confidence: about the positive rate
   positive4 = rng.random(4000) < 0.3
   random = extended.ap_max_f1(positive4, positive4.astype(float), rng.random(4000))

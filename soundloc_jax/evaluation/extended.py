@@ -260,8 +260,9 @@ def probe_spectrogram(name: str, front_end, seed: int = 0) -> np.ndarray:
   from soundloc_jax import audio as audio_lib
   if name not in PROBES:
     raise ValueError(f"unknown probe {name!r}; available: {', '.join(PROBES)}")
-  rate_hz = int(audio_lib._get(front_end, "sample_rate"))  # pylint: disable=protected-access
-  num = int(round(float(audio_lib._get(front_end, "clip_seconds")) * rate_hz))  # pylint: disable=protected-access
+  get = audio_lib._get  # pylint: disable=protected-access
+  rate_hz = int(get(front_end, "sample_rate"))
+  num = int(round(float(get(front_end, "clip_seconds")) * rate_hz))
   wave = PROBES[name](num, np.random.default_rng(seed))
   return np.asarray(audio_lib.log_spectrogram(wave, rate_hz, front_end), np.float32)
 

@@ -427,11 +427,13 @@ def offscreen_example(catalog, plan: Plan, image_size: int, audio_params: dict, 
   base_example, scene = make_example(catalog, plan, image_size, audio_params, seed, base, index)
   rng = np.random.default_rng([int(seed), SPLITS.index(split), int(index)])
   objects = scene["objects"]
-  in_image = {o["group"] for o in objects} | {catalog.group_of(p) for p in scene["background"]["stamps"]}
+  in_image = ({o["group"] for o in objects}
+              | {catalog.group_of(p) for p in scene["background"]["stamps"]})
   objects_only = {o["group"] for o in objects}
   tiers = ([g for g in plan.sounding(base) if g not in in_image],
            [g for g in plan.audible(base) if g not in in_image],
-           [g for g in plan.audible(base) if g not in objects_only])  # only in the blurred background
+           # last: a group that is only in the blurred background
+           [g for g in plan.audible(base) if g not in objects_only])
   tier = next((k for k, t in enumerate(tiers) if t), None)
   if tier is None:
     raise DatasetError(f"stamps: {split} example {index}: every audible group is an object in "
