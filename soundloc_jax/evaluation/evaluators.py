@@ -36,6 +36,14 @@ All also yield `n`. A split without annotations (real data has no annotated
 validation split) skips the evaluators that need them and runs
 `config.evals.unannotated` as well (`evaluator_names`), so it is scored by
 retrieval and never reports a cIoU.
+
+Pairs whose source is off-screen (`SplitOutputs.visible` False: the batch's
+`gt_count` is 0) are scored by "extended" alone: "localization" and
+"silent_object" score the visible pairs (n = 0 and every score 0 without
+one). An evaluator with `needs_probes` gets `SplitOutputs.probe_responses`,
+the maps of every image with each probe clip of `eval.extended.probes`.
+`score_with_offscreen` scores a split together with its off-screen split
+(stamps `test` + `test_offscreen`) as one extended set.
 """
 
 from __future__ import annotations
