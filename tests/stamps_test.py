@@ -572,7 +572,29 @@ def test_the_128px_preset_is_the_stamps_recipe_on_the_px128_build(method):
   build = sdb.config_from_name("px128")
   assert build.image_size == 128
   assert audio.params_dict(build.audio) == audio.params_dict(module.get_config("stamps128").audio)
-  assert datasets.STAMPS_PRESETS == ("stamps", "stamps128")
+  assert datasets.STAMPS_PRESETS == ("stamps", "stamps128", "stamps_imagenet",
+                                     "stamps128_imagenet")
+
+
+@pytest.mark.parametrize("method", ["iterative", "lvs", "hard_positive", "ezvsl", "icl_hardpos"])
+@pytest.mark.parametrize("size", ["", "128"])
+def test_the_imagenet_presets_change_only_the_visual_stream(method, size):
+  """`stamps{,128}_imagenet` is `stamps{,128}` with the ImageNet EfficientNet-Lite0
+  visual stream (its folder, frozen trunk) and nothing else: same data, budget,
+  optimizer rate and evaluation, in every method file."""
+  import importlib
+  from soundloc_jax.configs import datasets
+  module = importlib.import_module(f"soundloc_jax.configs.{method}")
+  plain = module.get_config(f"stamps{size}").to_dict()
+  imagenet = module.get_config(f"stamps{size}_imagenet").to_dict()
+  changed = {"visual_backbone": "efficientnet_lite0", "init_visual": datasets.IMAGENET_WEIGHTS,
+             "visual_trunk": "frozen", "visual_bn": "train"}
+  for key, value in changed.items():
+    assert imagenet["model"].pop(key) == value
+    plain["model"].pop(key)
+  assert imagenet["optimizer"].pop("pretrained_lr_scale") == 0.1
+  plain["optimizer"].pop("pretrained_lr_scale")
+  assert imagenet == plain
 
 
 # ----------------------------------------------------------------------------
