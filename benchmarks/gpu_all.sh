@@ -57,6 +57,16 @@ run icl_bf16 train_step.jsonl $step --config=configs/iterative.py --teacher on -
     "${SHAPES[@]}" --torch --torch_compile
 run hardpos_bf16 train_step.jsonl $step --config=configs/hard_positive.py --dtype bfloat16 "${SHAPES[@]}"
 run lvs_fp32 train_step.jsonl $step --config=configs/lvs.py --dtype float32 "${SHAPES[@]}" --torch
+# The ImageNet visual stream (EfficientNet-Lite0, XLA's grouped depthwise on GPU),
+# fine-tuned and frozen; the torch peer is the reference model truncated alike
+# (needs efficientnet-lite-pytorch among the carried wheels, else it is skipped).
+run lvs_effnet_bf16 train_step.jsonl $step --config=configs/lvs.py --dtype bfloat16 "${SHAPES[@]}" \
+    --visual_backbone efficientnet_lite0 --torch
+run lvs_effnet_frozen_bf16 train_step.jsonl $step --config=configs/lvs.py --dtype bfloat16 \
+    "${SHAPES[@]}" --visual_backbone efficientnet_lite0 --visual_trunk frozen
+# ICL x HardPos: teacher and neighbour batches in one step.
+run icl_hardpos_bf16 train_step.jsonl $step --config=configs/icl_hardpos.py --teacher on \
+    --dtype bfloat16 "${SHAPES[@]}"
 run mining mining.jsonl benchmarks/mining.py "${MINING[@]}"
 run input_pipeline input_pipeline.jsonl benchmarks/input_pipeline.py "${PIPE[@]}"
 echo "results in $OUT" >&2

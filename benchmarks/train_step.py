@@ -312,14 +312,17 @@ def bench_torch(args, config):
 
   from soundloc_jax.tools.torch_resnet18 import ResNet18
 
-  def visual_stream():
-    if args.visual_backbone == "resnet18":
-      return ResNet18(args.width, layer4_stride=1)
+  if args.visual_backbone == "efficientnet_lite0":
     try:  # the reference model (efficientnet_pytorch layout), truncated as ours
       from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
-      raise SystemExit(f"--torch with efficientnet_lite0 needs the reference model: pip "
-                       f"install --no-deps efficientnet-lite-pytorch ({e})")
+      print(f"--torch: skipped, the reference EfficientNet is not importable ({e}; pip "
+            "install --no-deps efficientnet-lite-pytorch)", file=sys.stderr)
+      return {"skipped": f"efficientnet_lite_pytorch not importable: {e}"}
+
+  def visual_stream():
+    if args.visual_backbone == "resnet18":
+      return ResNet18(args.width, layer4_stride=1)
     net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
 
     class Visual(torch.nn.Module):  # stem + blocks 0..10 (stride 16) + 1x1 projection
