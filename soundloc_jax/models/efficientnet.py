@@ -27,7 +27,7 @@ Speed. Depthwise convolutions are computed by `DEPTHWISE_IMPLS[impl]`:
 weight vector each (no grouped convolution); "grouped" is XLA's
 `conv_general_dilated` with `feature_group_count = C`. Both give the same
 result to float rounding. On this project's 2-core CPU XLA's grouped
-convolution is several times slower than "shift" (benchmarks/RESULTS.md),
+convolution makes the train step 10x slower than "shift" (benchmarks/RESULTS.md),
 on GPU it is the native kernel; "auto" (the default) picks "shift" on the
 CPU backend and "grouped" elsewhere. 1x1 convolutions are matmuls over the
 channel axis, which is what XLA lowers them to on every backend.
