@@ -20,7 +20,7 @@ from soundloc_jax import data, input_pipeline, mine, train
 from soundloc_jax import state as train_state
 from soundloc_jax.errors import ConfigError, DatasetError, UserError
 from soundloc_jax.methods import mining, neighbours
-from tests.helpers import set_fields
+from tests.helpers import neighbour_demo_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, K, GLOBAL_BATCH = 40, 5, 8
@@ -158,15 +158,8 @@ def test_bad_neighbour_files_name_the_file(tmp_path):
 # On the demo data: baseline -> mining -> HardPos
 # ---------------------------------------------------------------------------
 
-def demo_config(config, data_dir, **overrides):
-  config.dataset.data_dir = data_dir
-  config.model.width = 4
-  config.batch_size = 16
-  config.num_epochs = 1
-  config.log_every_steps = 5
-  config.eval.batch_size = 64
-  config.eval.num_overlays = 2
-  return set_fields(config, overrides)
+def demo_config(config, data_dir, log_every_steps=5, **overrides):
+  return neighbour_demo_config(config, data_dir, log_every_steps=log_every_steps, **overrides)
 
 
 @pytest.fixture(scope="module")

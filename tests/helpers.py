@@ -33,6 +33,20 @@ def set_fields(config, overrides: dict):
   return config
 
 
+def neighbour_demo_config(config, data_dir, *, log_every_steps: int, **overrides):
+  """`config` on the suite's reduced demo build for the neighbour-batch methods'
+  trainer tests (HardPos, ICL x HardPos): width 4, batch 16, 1 epoch, 2
+  overlays; `overrides` as dotted keys."""
+  config.dataset.data_dir = data_dir
+  config.model.width = 4
+  config.batch_size = 16
+  config.num_epochs = 1
+  config.log_every_steps = log_every_steps
+  config.eval.batch_size = 64
+  config.eval.num_overlays = 2
+  return set_fields(config, overrides)
+
+
 def tiny_config(data_dir, **overrides):
   """ICL on the suite's reduced demo build: a width-4 model, batch 32, 3 epochs
   (the first without a teacher; the teacher guard is off so that epochs 1-2

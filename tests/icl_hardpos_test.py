@@ -13,18 +13,11 @@ import soundloc_jax
 from soundloc_jax import mine, train
 from soundloc_jax.configs import icl_hardpos as icl_hardpos_config
 from soundloc_jax.configs import lvs
-from tests.helpers import set_fields
+from tests.helpers import neighbour_demo_config
 
 
-def demo_config(config, data_dir, **overrides):
-  config.dataset.data_dir = data_dir
-  config.model.width = 4
-  config.batch_size = 16
-  config.num_epochs = 1
-  config.log_every_steps = 4
-  config.eval.batch_size = 64
-  config.eval.num_overlays = 2
-  return set_fields(config, overrides)
+def demo_config(config, data_dir, log_every_steps=4, **overrides):
+  return neighbour_demo_config(config, data_dir, log_every_steps=log_every_steps, **overrides)
 
 
 @pytest.fixture(scope="module")
