@@ -67,24 +67,8 @@ def objectness_fn(weights_dir: str):
   """`uint8 [B, S, S, 3] -> [B, s, s]`: S_obj of the classifier in `weights_dir`."""
   from flax import nnx
 
-  from soundloc_jax.models import av_model, efficientnet
-  from soundloc_jax.models.resnet import ResNet18
-  from soundloc_jax.tools import efficientnet_weights, resnet_weights
-  field = "config.eval.ogl.weights"
-  info = efficientnet_weights.read_info(weights_dir)
-  if info.get("format") == efficientnet_weights.FORMAT:
-    model = efficientnet.EfficientNetLite0(rngs=nnx.Rngs(0))
-    efficientnet_weights.load_dir(model, weights_dir, field=field)
-    last_map, normalize = (lambda net, x: net.features(x)), efficientnet.normalize
-  elif info.get("format") == resnet_weights.FORMAT:
-    model = ResNet18(3, width=info["width"], layer4_stride=2, rngs=nnx.Rngs(0))
-    resnet_weights.load_dir(model, weights_dir, field=field)
-    last_map, normalize = (lambda net, x: net(x)), av_model.normalize_image
-  else:
-    raise ConfigError(f"{field}: {weights_dir} is not a folder written by "
-                      "soundloc_jax.tools.import_efficientnet_lite0 or "
-                      "import_torchvision_resnet18")
-  model.eval()
+  from soundloc_jax.tools import classify
+  model, normalize, last_map, _ = classify.load_network(weights_dir, "config.eval.ogl.weights")
   graphdef, variables = nnx.split(model)
 
   @jax.jit

@@ -37,52 +37,60 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
   return resized[top:top + size, left:left + size]
 
 
-def _efficientnet(directory):
-  from flax import nnx
-
-  from soundloc_jax.models import efficientnet
-  from soundloc_jax.tools import efficientnet_weights
-  model = efficientnet.EfficientNetLite0(rngs=nnx.Rngs(0))
-  efficientnet_weights.load_dir(model, directory, field="--weights")
-  model.eval()
-  return lambda x: model(efficientnet.normalize(x))
-
-
-def _resnet18(directory, info):
-  import jax.numpy as jnp
+def load_network(directory: str, field: str = "--weights"):
+  """`(model, normalize, last_map, info)` of an ImageNet importer's folder, in
+  eval mode: `last_map(model, normalized image)` is the classifier's last
+  convolutional map (EfficientNet-Lite0's head, ResNet-18's layer4 at stride
+  2). ConfigError naming `field` and the folder when it is not one of ours."""
   from flax import nnx
 
   from soundloc_jax.errors import ConfigError
-  from soundloc_jax.models import av_model
+  from soundloc_jax.models import av_model, efficientnet
   from soundloc_jax.models.resnet import ResNet18
-  from soundloc_jax.tools import resnet_weights
-  model = ResNet18(3, width=info.get("width", 64), layer4_stride=2, rngs=nnx.Rngs(0))
-  resnet_weights.load_dir(model, directory, field="--weights")
+  from soundloc_jax.tools import efficientnet_weights, resnet_weights
+  info = efficientnet_weights.read_info(directory)
+  fmt = info.get("format")
+  if fmt == efficientnet_weights.FORMAT:
+    model = efficientnet.EfficientNetLite0(rngs=nnx.Rngs(0))
+    efficientnet_weights.load_dir(model, directory, field=field)
+    normalize, last_map = efficientnet.normalize, lambda net, x: net.features(x)
+  elif fmt == resnet_weights.FORMAT:
+    model = ResNet18(3, width=info.get("width", 64), layer4_stride=2, rngs=nnx.Rngs(0))
+    resnet_weights.load_dir(model, directory, field=field)
+    normalize, last_map = av_model.normalize_image, lambda net, x: net(x)
+  else:
+    raise ConfigError(f"{field}: {directory} is not a folder written by "
+                      "soundloc_jax.tools.import_efficientnet_lite0 or "
+                      "import_torchvision_resnet18 (no known info.json format)")
   model.eval()
+  return model, normalize, last_map, info
+
+
+def _resnet_classifier(directory):
+  import jax.numpy as jnp
+
+  from soundloc_jax.errors import ConfigError
+  from soundloc_jax.tools import resnet_weights
   path = f"{directory}/{resnet_weights.WEIGHTS_FILE}"
   with np.load(path) as npz:
     if resnet_weights.FC_KERNEL not in npz.files:
       raise ConfigError(f"--weights: {path} has no classifier (fc); import the torchvision "
                         "file again with python -m soundloc_jax.tools.import_torchvision_resnet18")
-    kernel, bias = jnp.asarray(npz[resnet_weights.FC_KERNEL]), jnp.asarray(npz[resnet_weights.FC_BIAS])
-  return lambda x: jnp.mean(model(av_model.normalize_image(x)), axis=(1, 2)) @ kernel + bias
+    return jnp.asarray(npz[resnet_weights.FC_KERNEL]), jnp.asarray(npz[resnet_weights.FC_BIAS])
 
 
 def load_classifier(directory: str):
   """`(logits_fn, labels)` for a weights folder: `logits_fn(uint8 [B, S, S, 3])`
   -> `[B, K]`. ConfigError naming the folder when it is not one of ours."""
-  from soundloc_jax.errors import ConfigError
-  from soundloc_jax.tools import efficientnet_weights, resnet_weights
-  info = efficientnet_weights.read_info(directory)
-  fmt = info.get("format")
-  if fmt == efficientnet_weights.FORMAT:
-    fn = _efficientnet(directory)
-  elif fmt == resnet_weights.FORMAT:
-    fn = _resnet18(directory, info)
+  import jax.numpy as jnp
+
+  from soundloc_jax.tools import efficientnet_weights
+  model, normalize, last_map, info = load_network(directory)
+  if info["format"] == efficientnet_weights.FORMAT:
+    fn = lambda x: model(normalize(x))  # noqa: E731
   else:
-    raise ConfigError(f"--weights: {directory} is not a folder written by "
-                      "soundloc_jax.tools.import_efficientnet_lite0 or "
-                      "import_torchvision_resnet18 (no known info.json format)")
+    kernel, bias = _resnet_classifier(directory)
+    fn = lambda x: jnp.mean(last_map(model, normalize(x)), axis=(1, 2)) @ kernel + bias  # noqa: E731
   return fn, info.get("labels") or []
 
 
