@@ -94,6 +94,48 @@ def test_counts_match_the_loop_at_every_threshold():
     assert (p[k], r[k]) == pytest.approx(_loop_pr(positive, cious, conf, t), abs=1e-12)
 
 
+def _loop_bootstrap(positive, cious, conf, reference, n_bootstrap, seed):
+  """The percentile interval of `reference`'s AP and max-F1 over resamples
+  drawn one by one (an empty resample of positives scores 0)."""
+  idx = np.random.default_rng(seed).integers(0, len(conf), (n_bootstrap, len(conf)))
+  aps, f1s = [], []
+  for draw in idx:
+    pos = [bool(positive[i]) for i in draw]
+    ap, f1 = reference(pos, [cious[i] for i in draw], [conf[i] for i in draw]) if any(pos) \
+        else (0.0, 0.0)
+    aps.append(ap)
+    f1s.append(f1)
+  return (*np.percentile(aps, [2.5, 97.5]), *np.percentile(f1s, [2.5, 97.5]))
+
+
+@pytest.mark.parametrize("seed,n,ties", [(0, 9, True), (1, 120, False), (2, 3, False)])
+@pytest.mark.parametrize("rule,reference", [("exact", _loop_exact), ("slavc", _loop_slavc)])
+def test_ap_intervals_match_a_resample_by_resample_loop(seed, n, ties, rule, reference):
+  positive, cious, conf = _random_pairs(seed, n, ties)
+  positive[0] = True
+  got = extended.ap_max_f1_ci95(positive, cious, conf, rule=rule, n_bootstrap=60, seed=seed,
+                                block=7)  # blocks that do not divide the resamples
+  want = _loop_bootstrap(positive, cious, conf, reference, 60, seed)
+  assert [got[k] for k in ("ap_ci95_lo", "ap_ci95_hi", "max_f1_ci95_lo", "max_f1_ci95_hi")] \
+      == pytest.approx(want, abs=1e-12)
+  point = extended.ap_max_f1(positive, cious, conf, rule=rule)
+  if n > 100:  # a real interval: it holds the point estimate and has width
+    assert got["ap_ci95_lo"] < point["ap"] < got["ap_ci95_hi"]
+    assert got["max_f1_ci95_lo"] < point["max_f1"] < got["max_f1_ci95_hi"]
+
+
+def test_ap_intervals_of_degenerate_sets_are_defined():
+  zeros = dict.fromkeys(("ap_ci95_lo", "ap_ci95_hi", "max_f1_ci95_lo", "max_f1_ci95_hi"), 0.0)
+  assert extended.ap_max_f1_ci95([], [], []) == zeros
+  assert extended.ap_max_f1_ci95(np.zeros(5, bool), np.zeros(5), np.arange(5.0)) == zeros
+  assert extended.ap_max_f1_ci95([True], [1.0], [0.5], n_bootstrap=0) == zeros
+  # perfect: every visible pair found and more confident than every off-screen one
+  visible = np.arange(40) < 20
+  perfect = extended.ap_max_f1_ci95(visible, np.where(visible, 0.9, 0.0),
+                                    np.where(visible, 0.6 + 0.01 * np.arange(40), np.nan))
+  assert perfect["ap_ci95_lo"] == perfect["ap_ci95_hi"] == 1.0
+
+
 # ---------------------------------------------------------------------------
 # Known answers.
 # ---------------------------------------------------------------------------

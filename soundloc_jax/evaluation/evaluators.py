@@ -24,7 +24,9 @@ Evaluators (`EVALUATORS`; `config.evals` lists them per role):
                   `ranks`. Needs the model's features (an output dict).
   "extended"      the extended protocol (SLAVC; `evaluation.extended`, its
                   rules): `ap`, `max_f1` over the split's pairs, positives
-                  those with a box, negatives those without (off-screen);
+                  those with a box, negatives those without (off-screen),
+                  with 95% bootstrap intervals over pairs (`ap_ci95_lo` /
+                  `_hi`, `max_f1_ci95_lo` / `_hi`);
                   the confidence distribution; `false_alarm` / `lit_offscreen`,
                   how often a pair with nothing sounding in its image gets a
                   confidence >= `eval.extended.confidence_threshold` (and its
@@ -216,8 +218,10 @@ def _extended_parts(outputs: SplitOutputs, ev, probes: bool = True):
   confident = np.nan_to_num(conf, nan=-np.inf) >= x.confidence_threshold
 
   def block(positive, ciou, c, prefix=""):
-    return {prefix + k: v for k, v in extended.ap_max_f1(
-        positive, ciou, c, x.iou_threshold, x.ap_rule).items()}
+    """AP, max-F1 and its threshold, and their 95% bootstrap intervals."""
+    return {prefix + k: v for k, v in {
+        **extended.ap_max_f1(positive, ciou, c, x.iou_threshold, x.ap_rule),
+        **extended.ap_max_f1_ci95(positive, ciou, c, x.iou_threshold, x.ap_rule)}.items()}
 
   def at_f1(scores, c):
     """Negatives (confidences `c`) detected at the threshold max-F1 picks (0.0
@@ -260,10 +264,11 @@ def _extended(outputs: SplitOutputs, ev) -> Scores:
   return Scores({**metrics, **probe_metrics, "n": len(outputs.ids)}, per_sample)
 
 
-_EXTENDED_BASE = ("ap", "max_f1", "max_f1_conf", "n_visible", "n_offscreen", "n_conf_nan") + tuple(
+_AP_CI = ("ap_ci95_lo", "ap_ci95_hi", "max_f1_ci95_lo", "max_f1_ci95_hi")
+_EXTENDED_BASE = ("ap", "max_f1", "max_f1_conf", *_AP_CI, "n_visible", "n_offscreen", "n_conf_nan") + tuple(
     f"conf_{w}_{k}" for w in ("visible", "offscreen") for k in ("mean", "p10", "p50", "p90")) + (
     "false_alarm", "lit_offscreen", "false_alarm_f1")
-_EXTENDED_PROBE = ("ap", "max_f1", "max_f1_conf")
+_EXTENDED_PROBE = ("ap", "max_f1", "max_f1_conf", *_AP_CI)
 EXTENDED_METRICS = _EXTENDED_BASE + tuple(
     m for p in extended.PROBES for m in (
         tuple(f"{p}_{k}" for k in _EXTENDED_PROBE)

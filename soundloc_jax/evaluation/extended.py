@@ -218,6 +218,76 @@ def ap_max_f1(positive, cious, conf, iou_threshold=0.5, rule="exact") -> dict:
   return {"ap": ap, "max_f1": float(f1[best]), "max_f1_conf": at if np.isfinite(at) else 0.0}
 
 
+def _resample_counts(rng, n: int, num: int) -> np.ndarray:
+  """`[num, n]` float64: how often each pair is drawn in each resample of `n`
+  pairs with replacement (`rng.integers(0, n, (num, n))`, as
+  `protocol.summarize` draws)."""
+  idx = rng.integers(0, n, size=(num, n))
+  offsets = (np.arange(num, dtype=np.int64) * n)[:, None]
+  return np.bincount((idx + offsets).ravel(), minlength=num * n).reshape(num, n).astype(
+      np.float64)
+
+
+def _weighted_exact(positive, correct, conf, weights):
+  """AP and max-F1 of the "exact" rule, `[B]` each, for `B` weightings
+  `weights [B, n]` of the pairs (a resample's counts): every distinct
+  confidence is a threshold. A confidence whose pairs all have weight 0 in a
+  resample repeats the point of the threshold above it (or adds "nothing
+  detected": P 1, R 0), which changes neither the area nor the maximum, so
+  one sort serves every resample."""
+  order = np.argsort(-conf, kind="stable")
+  c = conf[order]
+  ends = np.flatnonzero(np.concatenate([c[1:] != c[:-1], [True]]))  # last pair per threshold
+  w = weights[:, order]
+  cum = lambda x: np.cumsum(w * x, axis=1)[:, ends]  # noqa: E731
+  tp, detected, pos_above = cum(correct[order]), cum(1.0), cum(positive[order])
+  total_pos = (w * positive[order]).sum(axis=1, keepdims=True)
+  p, r = precision_recall(tp, detected - tp, total_pos - pos_above)
+  envelope = np.maximum.accumulate(p[:, ::-1], axis=1)[:, ::-1]
+  ap = np.sum(np.diff(r, axis=1, prepend=0.0) * envelope, axis=1)
+  f1 = _f1(p, r).max(axis=1)
+  none = total_pos[:, 0] <= 0  # a resample with no positive scores 0 (as ap_max_f1)
+  return np.where(none, 0.0, ap), np.where(none, 0.0, f1)
+
+
+def ap_max_f1_ci95(positive, cious, conf, iou_threshold=0.5, rule="exact",
+                   n_bootstrap=1000, seed=0, block: int = 100) -> dict:
+  """95% percentile-bootstrap intervals of `ap_max_f1`'s AP and max-F1:
+  `{"ap_ci95_lo", "ap_ci95_hi", "max_f1_ci95_lo", "max_f1_ci95_hi"}`, the
+  2.5 / 97.5 percentiles over `n_bootstrap` resamples of the pairs with
+  replacement (seeded by `seed`; a pair is resampled on its own, so the two
+  pairs of one image in test + test_offscreen are drawn independently).
+  Resample `b` scores exactly what `ap_max_f1` gives on the pairs drawn as
+  `np.random.default_rng(seed).integers(0, n, (n_bootstrap, n))[b]`. The
+  "exact" rule is vectorised over resamples (`block` at a time); the
+  "slavc" rule picks thresholds from each resample's quantiles and is scored
+  resample by resample. No pair, or `n_bootstrap <= 0`: every bound 0.0."""
+  if rule not in AP_RULES:
+    raise ValueError(f"unknown AP rule {rule!r}; available: {', '.join(AP_RULES)}")
+  positive, correct, conf = _inputs(positive, cious, conf, iou_threshold)
+  n = len(conf)
+  keys = ("ap_ci95_lo", "ap_ci95_hi", "max_f1_ci95_lo", "max_f1_ci95_hi")
+  if n == 0 or n_bootstrap <= 0:
+    return dict.fromkeys(keys, 0.0)
+  rng = np.random.default_rng(seed)
+  aps, f1s = [], []
+  if rule == "exact":
+    for start in range(0, n_bootstrap, block):
+      ap, f1 = _weighted_exact(positive, correct.astype(np.float64), conf,
+                               _resample_counts(rng, n, min(block, n_bootstrap - start)))
+      aps.append(ap)
+      f1s.append(f1)
+  else:
+    ious = np.where(correct, 1.0, 0.0)  # _inputs' verdict, kept per drawn pair
+    for idx in rng.integers(0, n, size=(n_bootstrap, n)):
+      s = ap_max_f1(positive[idx], ious[idx], conf[idx], 0.5, rule)
+      aps.append([s["ap"]])
+      f1s.append([s["max_f1"]])
+  ap_lo, ap_hi = np.percentile(np.concatenate(aps), [2.5, 97.5])
+  f1_lo, f1_hi = np.percentile(np.concatenate(f1s), [2.5, 97.5])
+  return dict(zip(keys, map(float, (ap_lo, ap_hi, f1_lo, f1_hi))))
+
+
 def rate(flags) -> float:
   """Mean of boolean `flags`, 0.0 for none (never NaN)."""
   flags = np.asarray(flags, np.float64)
