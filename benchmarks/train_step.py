@@ -81,6 +81,8 @@ def parse_args(argv=None):
                  help="with --torch: torch.compile the peer's forward + loss")
   p.add_argument("--visual_backbone", choices=("resnet18", "efficientnet_lite0"),
                  default="resnet18", help="config.model.visual_backbone")
+  p.add_argument("--cpu_ops", choices=("auto", "plain", "cpu"), default="auto",
+                 help="config.model.cpu_ops (the ResNet-18s' max-pool and BatchNorm)")
   p.add_argument("--depthwise_impl", choices=("auto", "shift", "grouped"), default="auto",
                  help="config.model.depthwise_impl (efficientnet_lite0)")
   p.add_argument("--visual_trunk", choices=("finetune", "frozen"), default="finetune",
@@ -232,7 +234,7 @@ def bench_jax(args, config):
       "inputs_per_sample": 2 if method.needs_neighbours else 1, "batch": args.batch,
       "image_size": args.image_size, "spec": [f, t], "width": args.width, "dtype": args.dtype,
       "visual_backbone": config.model.visual_backbone,
-      "depthwise_impl": config.model.depthwise_impl,
+      "depthwise_impl": config.model.depthwise_impl, "cpu_ops": config.model.cpu_ops,
       "visual_trunk": config.model.visual_trunk,
       "samples_per_s": args.batch / step_s, "ms_per_step": 1e3 * step_s,
       "ms_per_sample": 1e3 * step_s / args.batch,
@@ -410,6 +412,7 @@ def main(argv=None):
   config.dataset.image_size = args.image_size
   config.model.visual_backbone = args.visual_backbone
   config.model.depthwise_impl = args.depthwise_impl
+  config.model.cpu_ops = args.cpu_ops
   config.model.visual_trunk = args.visual_trunk
   result = bench_jax(args, config)
   if args.torch:

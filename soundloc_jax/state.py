@@ -155,7 +155,7 @@ def create_train_state(config, optimizer, pretrained: bool = True, log=logging.i
 
 # Model fields that may differ between a run and the workdir it starts from
 # (they do not change the shapes or the meaning of the weights).
-_INIT_FROM_FREE = ("compute_dtype", "depthwise_impl", "init_visual", "init_from")
+_INIT_FROM_FREE = ("compute_dtype", "depthwise_impl", "cpu_ops", "init_visual", "init_from")
 
 
 def init_from_workdir(config, source_workdir: str, log=logging.info) -> dict:

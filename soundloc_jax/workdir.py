@@ -44,7 +44,8 @@ from soundloc_jax.errors import TrainingError, WorkdirError
 # Config fields that may change between a run and its resumption.
 RESUMABLE_KEYS = ("max_steps", "num_epochs", "log_every_steps", "checkpoint", "eval", "evals",
                   "dataset.num_workers", "dataset.worker_processes",
-                  "dataset.build_if_missing", "dataset.data_dir", "model.depthwise_impl")
+                  "dataset.build_if_missing", "dataset.data_dir", "model.depthwise_impl",
+                  "model.cpu_ops")
 # Fields a config.json must hold to be a training workdir's.
 REQUIRED_KEYS = ("seed", "dataset.image_size", "audio.kind", "audio.sample_rate",
                  "audio.clip_seconds", "model.width", "model.layer4_stride",

@@ -108,6 +108,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # efficientnet_lite0's depthwise convolutions: "auto" (shifted multiply-adds
   # on CPU, XLA's grouped convolution elsewhere) | "shift" | "grouped".
   c.model.depthwise_impl = "auto"
+  # The ResNet-18s' max-pool and training BatchNorm (models/cpu_ops.py): "auto"
+  # (forms fast on XLA's CPU backend there, flax's / XLA's ops elsewhere) |
+  # "plain" | "cpu". Same parameters and results; free to change on resume.
+  c.model.cpu_ops = "auto"
   # efficientnet_lite0's BatchNorm in training: "train" (batch statistics,
   # running averages updated) | "frozen" (the loaded ImageNet statistics, kept).
   c.model.visual_bn = "train"

@@ -28,7 +28,9 @@ ResNet-18 (`models.resnet`); d = 8 * width. The visual stream is the
     `layer4_stride = 1` and `visual_padding = "zeros"` apply to it.
 Each entry normalises a uint8 image its own way (the scaling its ImageNet
 weights were trained with); a float image is taken as already normalised for
-the backbone. The audio stream always pads with zeros.
+the backbone. The audio stream always pads with zeros. `cpu_ops` is the
+ResNet-18s' max-pool and training BatchNorm (`models.cpu_ops`: "auto", the
+fast form on the CPU backend only; the same parameters and results).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from soundloc_jax.errors import ConfigError
+from soundloc_jax.models import cpu_ops as cpu_ops_lib
 from soundloc_jax.models import efficientnet
 from soundloc_jax.models.resnet import PADDINGS, ResNet18
 
@@ -63,7 +66,7 @@ def l2_normalize(x, axis=-1, eps=1e-12):
 
 
 def _resnet18_visual(*, width, layer4_stride, visual_padding, depthwise_impl, visual_bn,
-                     visual_trunk, dtype, rngs):
+                     visual_trunk, dtype, rngs, cpu_ops="auto"):
   del depthwise_impl
   if visual_trunk != "finetune":
     raise ConfigError(f"config.model.visual_trunk={visual_trunk!r} is an efficientnet_lite0 "
@@ -73,11 +76,11 @@ def _resnet18_visual(*, width, layer4_stride, visual_padding, depthwise_impl, vi
     raise ConfigError(f"config.model.visual_bn={visual_bn!r} is an efficientnet_lite0 setting; "
                       "the resnet18 visual stream trains its BatchNorm (set it to 'train')")
   return ResNet18(3, width=width, layer4_stride=layer4_stride, padding=visual_padding,
-                  dtype=dtype, rngs=rngs)
+                  dtype=dtype, rngs=rngs, ops_impl=cpu_ops)
 
 
 def _efficientnet_visual(*, width, layer4_stride, visual_padding, depthwise_impl, visual_bn,
-                         visual_trunk, dtype, rngs):
+                         visual_trunk, dtype, rngs, cpu_ops="auto"):
   if layer4_stride != 1:
     raise ConfigError(f"config.model.layer4_stride={layer4_stride} is a ResNet-18 setting; "
                       "the efficientnet_lite0 visual stream is stride 16 (set it to 1)")
@@ -131,11 +134,14 @@ class AVModel(nnx.Module):
   def __init__(self, *, width: int = 64, layer4_stride: int = 1, audio_layer4_stride: int = 2,
                audio_pool: str = "mean", visual_padding: str = "zeros",
                visual_backbone: str = "resnet18", depthwise_impl: str = "auto",
-               visual_bn: str = "train", visual_trunk: str = "finetune", dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               visual_bn: str = "train", visual_trunk: str = "finetune", cpu_ops: str = "auto",
+               dtype=jnp.float32, rngs: nnx.Rngs):
     if audio_pool not in AUDIO_POOLS:
       raise ConfigError(f"config.model.audio_pool: unknown {audio_pool!r}; available: "
                         f"{', '.join(AUDIO_POOLS)}")
+    if cpu_ops not in cpu_ops_lib.IMPLS:
+      raise ConfigError(f"config.model.cpu_ops: unknown {cpu_ops!r}; available: "
+                        f"{', '.join(cpu_ops_lib.IMPLS)}")
     if visual_padding not in PADDINGS:
       raise ConfigError(f"config.model.visual_padding: unknown {visual_padding!r}; available: "
                         f"{', '.join(PADDINGS)}")
@@ -143,10 +149,10 @@ class AVModel(nnx.Module):
     self.visual = backbone.build(width=width, layer4_stride=layer4_stride,
                                  visual_padding=visual_padding, depthwise_impl=depthwise_impl,
                                  visual_bn=visual_bn, visual_trunk=visual_trunk, dtype=dtype,
-                                 rngs=rngs)
+                                 rngs=rngs, cpu_ops=cpu_ops)
     self.visual_normalize = backbone.normalize
     self.audio = ResNet18(1, width=width, layer4_stride=audio_layer4_stride, dtype=dtype,
-                          rngs=rngs)
+                          rngs=rngs, ops_impl=cpu_ops)
     self.audio_pool = audio_pool
 
   def __call__(self, image, spectrogram):
@@ -161,7 +167,7 @@ class AVModel(nnx.Module):
 def build_model(model_config, seed: int = 0) -> AVModel:
   """AVModel from `config.model` (width, layer4_stride, audio_layer4_stride,
   audio_pool, visual_padding, visual_backbone, depthwise_impl, visual_bn, visual_trunk,
-  compute_dtype; a
+  cpu_ops, compute_dtype; a
   config.json written before a field existed gets its default from
   `workdir.read_config`)."""
   return AVModel(width=model_config.width, layer4_stride=model_config.layer4_stride,
@@ -172,4 +178,5 @@ def build_model(model_config, seed: int = 0) -> AVModel:
                  depthwise_impl=model_config.depthwise_impl,
                  visual_bn=model_config.visual_bn,
                  visual_trunk=model_config.visual_trunk,
+                 cpu_ops=model_config.cpu_ops,
                  dtype=jnp.dtype(model_config.compute_dtype), rngs=nnx.Rngs(seed))

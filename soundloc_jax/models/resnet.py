@@ -8,6 +8,10 @@ semantics (momentum 0.1 == flax momentum 0.9, eps 1e-5), so torchvision
 weights can be ported parameter by parameter. Parameter names mirror
 torchvision (`conv1`, `bn1`, `layer1.0.conv1`, `downsample_conv`, ...).
 
+`ops_impl` picks the form of the max-pool and of BatchNorm in training
+(`models.cpu_ops`): "auto" (the default) is the fast one on the CPU backend
+and flax's / XLA's elsewhere; the parameters and results are the same.
+
 `width` is the base channel count (64 in the papers; the demo uses a narrow
 network); `dtype` is the compute dtype (params stay float32).
 
@@ -24,6 +28,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from soundloc_jax.models import cpu_ops
 
 # torchvision initialises convolutions with kaiming_normal(fan_out, relu).
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -51,22 +57,23 @@ def _conv(cin, cout, kernel, stride, dtype, rngs, padding="zeros"):
   return nnx.Conv(cin, cout, (kernel, kernel), padding=((pad, pad), (pad, pad)), **kwargs)
 
 
-def _bn(channels, dtype, rngs):
-  return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+def _bn(channels, dtype, rngs, ops_impl="auto"):
+  return cpu_ops.BatchNorm(channels, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs,
+                           impl=ops_impl)
 
 
 class BasicBlock(nnx.Module):
   """Two 3x3 convolutions with a residual; 1x1 projection when the shape changes."""
 
   def __init__(self, cin: int, cout: int, stride: int, *, dtype, rngs: nnx.Rngs,
-               padding: str = "zeros"):
+               padding: str = "zeros", ops_impl: str = "auto"):
     self.conv1 = _conv(cin, cout, 3, stride, dtype, rngs, padding)
-    self.bn1 = _bn(cout, dtype, rngs)
+    self.bn1 = _bn(cout, dtype, rngs, ops_impl)
     self.conv2 = _conv(cout, cout, 3, 1, dtype, rngs, padding)
-    self.bn2 = _bn(cout, dtype, rngs)
+    self.bn2 = _bn(cout, dtype, rngs, ops_impl)
     if stride != 1 or cin != cout:
       self.downsample_conv = _conv(cin, cout, 1, stride, dtype, rngs)
-      self.downsample_bn = _bn(cout, dtype, rngs)
+      self.downsample_bn = _bn(cout, dtype, rngs, ops_impl)
     else:
       self.downsample_conv = None
       self.downsample_bn = None
@@ -84,21 +91,23 @@ class ResNet18(nnx.Module):
   """ResNet-18 trunk without the classifier: returns the layer4 feature map."""
 
   def __init__(self, in_channels: int, *, width: int = 64, layer4_stride: int = 2,
-               padding: str = "zeros", dtype=jnp.float32, rngs: nnx.Rngs):
+               padding: str = "zeros", dtype=jnp.float32, rngs: nnx.Rngs,
+               ops_impl: str = "auto"):
     if padding not in PADDINGS:
       raise ValueError(f"ResNet18: unknown padding {padding!r}; available: {', '.join(PADDINGS)}")
     self.dtype = dtype
+    self.ops_impl = ops_impl
     self.conv1 = _conv(in_channels, width, 7, 2, dtype, rngs, padding)
-    self.bn1 = _bn(width, dtype, rngs)
+    self.bn1 = _bn(width, dtype, rngs, ops_impl)
     widths = (width, 2 * width, 4 * width, 8 * width)
     strides = (1, 2, 2, layer4_stride)
     layers = []
     cin = width
     for cout, stride in zip(widths, strides):
       layers.append(nnx.List([BasicBlock(cin, cout, stride, dtype=dtype, rngs=rngs,
-                                         padding=padding),
+                                         padding=padding, ops_impl=ops_impl),
                               BasicBlock(cout, cout, 1, dtype=dtype, rngs=rngs,
-                                         padding=padding)]))
+                                         padding=padding, ops_impl=ops_impl)]))
       cin = cout
     self.layers = nnx.List(layers)
     self.out_channels = widths[-1]
@@ -106,7 +115,7 @@ class ResNet18(nnx.Module):
   def __call__(self, x):
     x = x.astype(self.dtype)
     x = jax.nn.relu(self.bn1(self.conv1(x)))
-    x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = cpu_ops.max_pool(x, 3, 2, 1, self.ops_impl)
     for layer in self.layers:
       for block in layer:
         x = block(x)
