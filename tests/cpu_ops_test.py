@@ -139,3 +139,32 @@ def test_auto_is_plain_off_the_cpu_and_bad_names_are_named(monkeypatch):
   config.model.cpu_ops = "fast"
   with pytest.raises(ConfigError, match="config.model.cpu_ops: unknown 'fast'"):
     av_model.build_model(config.model)
+
+
+@pytest.mark.parametrize("shape,k,cout,stride,pad", [
+    ((3, 2, 4, 8), 3, 6, 1, 1), ((3, 4, 7, 8), 3, 6, 2, 1), ((2, 4, 7, 5), 1, 4, 2, 0),
+    ((2, 9, 8, 2), 7, 3, 2, 3), ((2, 3, 3, 4), 3, 5, 1, 0)])
+def test_im2col_convolution_equals_xla_values_and_gradients(shape, k, cout, stride, pad):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((k, k, shape[3], cout)), jnp.float32)
+  xla = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+      x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  fast = lambda x, w: cpu_ops.conv_im2col(x, w, stride, pad)  # noqa: E731
+  y = xla(x, w)
+  np.testing.assert_allclose(fast(x, w), y, rtol=1e-5, atol=1e-5)
+  g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  for a, b in zip(jax.vjp(fast, x, w)[1](g), jax.vjp(xla, x, w)[1](g)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_conv_takes_im2col_only_for_tiny_outputs(monkeypatch):
+  calls = []
+  monkeypatch.setattr(cpu_ops, "conv_im2col", lambda *a: calls.append(a[0].shape) or 0)
+  conv = cpu_ops.Conv(4, 4, 3, stride=1, pad=1, use_bias=False, rngs=nnx.Rngs(0), impl="cpu")
+  conv(jnp.zeros((1, 3, 4, 4)))   # 12 output positions: im2col
+  conv(jnp.zeros((1, 4, 4, 4)))   # 16: XLA's convolution
+  assert calls == [(1, 3, 4, 4)]
+  plain = cpu_ops.Conv(4, 4, 3, stride=1, pad=1, use_bias=False, rngs=nnx.Rngs(0), impl="plain")
+  plain(jnp.zeros((1, 2, 2, 4)))
+  assert len(calls) == 1

@@ -28,6 +28,17 @@ sum(g * xhat)`, `dbias = sum(g)` (3.9 ms). It is a subclass with the same
 variables, so checkpoints of either load into the other. It applies in
 training to float32 inputs with scale and bias, over every axis but the
 last, without `axis_name` or a mask; every other call is flax's.
+
+Convolutions with a tiny output (`Conv`). XLA's CPU convolution is as fast
+as torch's on most ResNet-18 layers, but falls off a cliff on a few small
+maps: a 3x3, 128 -> 128 convolution with a 2 x 4 output at batch 64 takes
+11.7 ms forward against 1.0 ms for 3 x 4; at 512 channels and batch 16 it
+takes 210 ms; the backward of the stride-2 convolution into that 2 x 4 map
+takes 77 ms against 1.8 ms. The stamps recipes' audio stream (64 x 101
+log-mel) ends on exactly that map. Where the output has at most
+`SMALL_OUTPUT` (12) positions, the "cpu" form is im2col: the k*k shifted,
+strided views concatenated along channels, times the kernel as a matrix,
+which is at least as fast at every such size measured (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -172,3 +183,46 @@ class BatchNorm(nnx.BatchNorm):
     self.mean[...] = stop(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
     self.var[...] = stop(self.momentum * self.var[...] + (1 - self.momentum) * var)
     return y
+
+
+SMALL_OUTPUT = 12  # output positions at or below which "cpu" convolves by im2col
+
+
+def conv_im2col(x, kernel, stride: int, pad: int):
+  """NHWC `x` convolved with HWIO `kernel` (`stride`, zero `pad` on each
+  side) as one matmul over the k*k shifted views: `lax.conv_general_dilated`'s
+  result to float rounding."""
+  kh, kw, cin, cout = kernel.shape
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
+  n, hp, wp, _ = xp.shape
+  ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+  views = [jax.lax.slice(xp, (0, ky, kx, 0),
+                         (n, ky + stride * (ho - 1) + 1, kx + stride * (wo - 1) + 1, cin),
+                         (1, stride, stride, 1))
+           for ky in range(kh) for kx in range(kw)]
+  cols = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+  return (cols.reshape(-1, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)).reshape(
+      n, ho, wo, cout)
+
+
+class Conv(nnx.Conv):
+  """`nnx.Conv` (same arguments and variables) for ResNet's square kernels
+  with an integer `stride` and symmetric zero padding `pad` (or "VALID" with
+  `pad=0`), convolving tiny outputs by `conv_im2col` under the "cpu" form
+  (module docstring). Other calls are flax's."""
+
+  def __init__(self, cin: int, cout: int, kernel: int, *, stride: int, pad: int,
+               impl: str = "auto", padding=None, **kwargs):
+    super().__init__(cin, cout, (kernel, kernel), strides=stride,
+                     padding=((pad, pad), (pad, pad)) if padding is None else padding, **kwargs)
+    resolve(impl)
+    self.impl, self.stride, self.pad = impl, stride, pad if padding is None else 0
+
+  def __call__(self, x):
+    k = self.kernel_size[0]
+    ho = (x.shape[1] + 2 * self.pad - k) // self.stride + 1
+    wo = (x.shape[2] + 2 * self.pad - k) // self.stride + 1
+    if (ho * wo > SMALL_OUTPUT or self.use_bias or x.dtype != jnp.float32
+        or self.dtype not in (None, jnp.float32) or resolve(self.impl) != "cpu"):
+      return super().__call__(x)
+    return conv_im2col(x, self.kernel[...], self.stride, self.pad)

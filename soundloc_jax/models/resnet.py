@@ -8,7 +8,8 @@ semantics (momentum 0.1 == flax momentum 0.9, eps 1e-5), so torchvision
 weights can be ported parameter by parameter. Parameter names mirror
 torchvision (`conv1`, `bn1`, `layer1.0.conv1`, `downsample_conv`, ...).
 
-`ops_impl` picks the form of the max-pool and of BatchNorm in training
+`ops_impl` picks the form of the max-pool, of BatchNorm in training and of
+convolutions with a tiny output
 (`models.cpu_ops`): "auto" (the default) is the fast one on the CPU backend
 and flax's / XLA's elsewhere; the parameters and results are the same.
 
@@ -36,25 +37,26 @@ _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 PADDINGS = ("zeros", "reflect")
 
 
-class _ReflectConv(nnx.Conv):
+class _ReflectConv(cpu_ops.Conv):
   """An unpadded convolution applied to its input reflect-padded by `pad`
   (NHWC); its parameters are nnx.Conv's, under the same names."""
 
-  def __init__(self, *args, pad: int, **kwargs):
-    super().__init__(*args, padding="VALID", **kwargs)
-    self.pad = pad
+  def __init__(self, *args, reflect: int, **kwargs):
+    super().__init__(*args, pad=0, padding="VALID", **kwargs)
+    self.reflect = reflect
 
   def __call__(self, x):
-    p = self.pad
+    p = self.reflect
     return super().__call__(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect"))
 
 
-def _conv(cin, cout, kernel, stride, dtype, rngs, padding="zeros"):
+def _conv(cin, cout, kernel, stride, dtype, rngs, padding="zeros", ops_impl="auto"):
   pad = kernel // 2
-  kwargs = dict(strides=stride, use_bias=False, dtype=dtype, kernel_init=_conv_init, rngs=rngs)
+  kwargs = dict(stride=stride, use_bias=False, dtype=dtype, kernel_init=_conv_init, rngs=rngs,
+                impl=ops_impl)
   if padding == "reflect" and pad:
-    return _ReflectConv(cin, cout, (kernel, kernel), pad=pad, **kwargs)
-  return nnx.Conv(cin, cout, (kernel, kernel), padding=((pad, pad), (pad, pad)), **kwargs)
+    return _ReflectConv(cin, cout, kernel, reflect=pad, **kwargs)
+  return cpu_ops.Conv(cin, cout, kernel, pad=pad, **kwargs)
 
 
 def _bn(channels, dtype, rngs, ops_impl="auto"):
@@ -67,12 +69,12 @@ class BasicBlock(nnx.Module):
 
   def __init__(self, cin: int, cout: int, stride: int, *, dtype, rngs: nnx.Rngs,
                padding: str = "zeros", ops_impl: str = "auto"):
-    self.conv1 = _conv(cin, cout, 3, stride, dtype, rngs, padding)
+    self.conv1 = _conv(cin, cout, 3, stride, dtype, rngs, padding, ops_impl)
     self.bn1 = _bn(cout, dtype, rngs, ops_impl)
-    self.conv2 = _conv(cout, cout, 3, 1, dtype, rngs, padding)
+    self.conv2 = _conv(cout, cout, 3, 1, dtype, rngs, padding, ops_impl)
     self.bn2 = _bn(cout, dtype, rngs, ops_impl)
     if stride != 1 or cin != cout:
-      self.downsample_conv = _conv(cin, cout, 1, stride, dtype, rngs)
+      self.downsample_conv = _conv(cin, cout, 1, stride, dtype, rngs, ops_impl=ops_impl)
       self.downsample_bn = _bn(cout, dtype, rngs, ops_impl)
     else:
       self.downsample_conv = None
@@ -97,7 +99,7 @@ class ResNet18(nnx.Module):
       raise ValueError(f"ResNet18: unknown padding {padding!r}; available: {', '.join(PADDINGS)}")
     self.dtype = dtype
     self.ops_impl = ops_impl
-    self.conv1 = _conv(in_channels, width, 7, 2, dtype, rngs, padding)
+    self.conv1 = _conv(in_channels, width, 7, 2, dtype, rngs, padding, ops_impl)
     self.bn1 = _bn(width, dtype, rngs, ops_impl)
     widths = (width, 2 * width, 4 * width, 8 * width)
     strides = (1, 2, 2, layer4_stride)
