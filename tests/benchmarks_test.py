@@ -74,3 +74,18 @@ def test_torch_peer_computes_our_loss(bench, config_arg, pooling):
   theirs = loss_fn(torch.from_numpy(v).permute(0, 3, 1, 2), torch.from_numpy(a))
   assert 0.05 < float(ours) < 50
   np.testing.assert_allclose(float(theirs), float(ours), rtol=1e-5)
+
+
+def test_cpu_ops_benchmark_prints_one_line_per_case(capsys, monkeypatch):
+  spec = importlib.util.spec_from_file_location(
+      "cpu_ops_bench", os.path.join(REPO, "benchmarks", "cpu_ops.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  monkeypatch.setattr(module, "POOLS", ((2, 9, 8, 3),))
+  monkeypatch.setattr(module, "NORMS", ((2, 4, 4, 3),))
+  monkeypatch.setattr(module, "CONVS", (((2, 2, 4, 3), 3, 4, 1, 1),))
+  module.main(["--reps", "1"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+  assert [r["op"] for r in rows] == ["max_pool 3x3/2", "batchnorm+relu (train)", "conv 3x3/1 -> 4"]
+  assert all(r[f"{impl}_{part}_ms"] > 0 for r in rows for impl in ("plain", "cpu")
+             for part in ("fwd", "fwd_bwd"))
