@@ -186,6 +186,9 @@ def parse_args(argv=None):
   p.add_argument("--rescore", action="store_true",
                  help="score every finished run's final checkpoint on the test split again "
                       "(after the evaluator gained a metric), then print the table")
+  p.add_argument("--rescore_extended", action="store_true",
+                 help="with --rescore: only the extended protocol (AP, max-F1 and their "
+                      "intervals), not the test splits' own evaluation")
   args = p.parse_args(argv)
   args.methods = [m for m in args.methods.split(",") if m]
   unknown = sorted(set(args.methods) - set(METHODS))
@@ -381,7 +384,8 @@ def rescore(args) -> None:
       if METHODS[method][0] is None:  # the centre guess: score it again
         score_centre(args, workdir_path)
       elif finished(args, workdir_path):
-        evaluate.evaluate_checkpoint(workdir.read_config(workdir_path), workdir_path)
+        if not args.rescore_extended:
+          evaluate.evaluate_checkpoint(workdir.read_config(workdir_path), workdir_path)
       else:
         continue
       if args.benchmark != "demo":

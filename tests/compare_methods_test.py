@@ -106,7 +106,8 @@ def test_the_stamps_table_gains_the_extended_protocol_columns(compare, tmp_path)
   under --rescore) adds AP, max-F1, the off-screen lit rate and the silence
   probe to the stamps table; a row without it shows n/a there."""
   for method, extended in (("lvs", {"ap": 0.42, "max_f1": 0.5, "lit_offscreen": 0.3,
-                                     "own_above_silence": 0.9}), ("centre", None)):
+                                     "own_above_silence": 0.9, "ap_ci95_lo": 0.38,
+                                     "ap_ci95_hi": 0.46}), ("centre", None)):
     workdir = compare.workdir_of(str(tmp_path), method, 0)
     for split in ("test", "test_unseen"):
       os.makedirs(os.path.join(workdir, "eval", split))
@@ -121,6 +122,6 @@ def test_the_stamps_table_gains_the_extended_protocol_columns(compare, tmp_path)
   header = next(line for line in table.splitlines() if line.startswith("| method"))
   assert header.endswith("| AP (+ off-screen) | max-F1 | off-screen lit | own > silence |")
   row = next(line for line in table.splitlines() if line.startswith("| LVS (tri-map"))
-  assert row.endswith("| 0.420 | 0.500 | 0.300 | 0.900 |")
+  assert row.endswith("| 0.420 [0.380, 0.460] | 0.500 | 0.300 | 0.900 |")  # AP's interval
   centre = next(line for line in table.splitlines() if line.startswith("| centre guess"))
   assert centre.endswith("| n/a | n/a | n/a | n/a |")
