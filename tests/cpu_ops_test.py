@@ -3,6 +3,7 @@ the plain ops give (values, gradients, running statistics, tie rule), and
 a ResNet-18 built with them loads the plain one's state."""
 
 import itertools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from soundloc_jax import checkpointing, train
 from soundloc_jax.configs import default
 from soundloc_jax.errors import ConfigError
 from soundloc_jax.models import av_model, cpu_ops
 from soundloc_jax.models.resnet import ResNet18
+from tests.helpers import tiny_config
 
 
 def _tied(shape, seed=0):
@@ -168,3 +171,18 @@ def test_conv_takes_im2col_only_for_tiny_outputs(monkeypatch):
   plain = cpu_ops.Conv(4, 4, 3, stride=1, pad=1, use_bias=False, rngs=nnx.Rngs(0), impl="plain")
   plain(jnp.zeros((1, 2, 2, 4)))
   assert len(calls) == 1
+
+
+def test_a_run_from_before_cpu_ops_resumes_with_them(demo_data_dir, tmp_path):
+  """A workdir trained with the plain ops, whose config.json predates the
+  field, resumes under the default ("auto": the CPU forms here) to the end."""
+  train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=2, **{"model.cpu_ops": "plain"}),
+                           str(tmp_path))
+  path = tmp_path / "config.json"
+  recorded = json.loads(path.read_text())
+  del recorded["model"]["cpu_ops"]  # as written before the field existed
+  path.write_text(json.dumps(recorded))
+  train.train_and_evaluate(tiny_config(demo_data_dir, max_steps=4), str(tmp_path))
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
+  assert ckpt.latest_step() == 4
+  ckpt.close()
