@@ -108,7 +108,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # efficientnet_lite0's depthwise convolutions: "auto" (shifted multiply-adds
   # on CPU, XLA's grouped convolution elsewhere) | "shift" | "grouped".
   c.model.depthwise_impl = "auto"
-  # The ResNet-18s' max-pool and training BatchNorm (models/cpu_ops.py): "auto"
+  # The ResNet-18s' max-pool, training BatchNorm and convolutions with at most
+  # 12 output positions (models/cpu_ops.py): "auto"
   # (forms fast on XLA's CPU backend there, flax's / XLA's ops elsewhere) |
   # "plain" | "cpu". Same parameters and results; free to change on resume.
   c.model.cpu_ops = "auto"

@@ -29,8 +29,9 @@ ResNet-18 (`models.resnet`); d = 8 * width. The visual stream is the
 Each entry normalises a uint8 image its own way (the scaling its ImageNet
 weights were trained with); a float image is taken as already normalised for
 the backbone. The audio stream always pads with zeros. `cpu_ops` is the
-ResNet-18s' max-pool and training BatchNorm (`models.cpu_ops`: "auto", the
-fast form on the CPU backend only; the same parameters and results).
+ResNet-18s' max-pool, training BatchNorm and tiny-output convolutions
+(`models.cpu_ops`: "auto", the fast forms on the CPU backend only; the same
+parameters and results); EfficientNet-Lite0 does not use it.
 """
 
 from __future__ import annotations
