@@ -264,11 +264,10 @@ def _extended(outputs: SplitOutputs, ev) -> Scores:
   return Scores({**metrics, **probe_metrics, "n": len(outputs.ids)}, per_sample)
 
 
-_AP_CI = ("ap_ci95_lo", "ap_ci95_hi", "max_f1_ci95_lo", "max_f1_ci95_hi")
-_EXTENDED_BASE = ("ap", "max_f1", "max_f1_conf", *_AP_CI, "n_visible", "n_offscreen", "n_conf_nan") + tuple(
+_EXTENDED_BASE = ("ap", "max_f1", "max_f1_conf", *extended.AP_CI_KEYS, "n_visible", "n_offscreen", "n_conf_nan") + tuple(
     f"conf_{w}_{k}" for w in ("visible", "offscreen") for k in ("mean", "p10", "p50", "p90")) + (
     "false_alarm", "lit_offscreen", "false_alarm_f1")
-_EXTENDED_PROBE = ("ap", "max_f1", "max_f1_conf", *_AP_CI)
+_EXTENDED_PROBE = ("ap", "max_f1", "max_f1_conf", *extended.AP_CI_KEYS)
 EXTENDED_METRICS = _EXTENDED_BASE + tuple(
     m for p in extended.PROBES for m in (
         tuple(f"{p}_{k}" for k in _EXTENDED_PROBE)

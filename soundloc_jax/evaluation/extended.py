@@ -54,9 +54,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from soundloc_jax.evaluation.protocol import _BLOCK
+from soundloc_jax.evaluation.protocol import _BLOCK, resample_counts
 
 AP_RULES = ("exact", "slavc")
+AP_CI_KEYS = ("ap_ci95_lo", "ap_ci95_hi", "max_f1_ci95_lo", "max_f1_ci95_hi")
 BICUBIC_A = -0.75  # PyTorch's (and OpenCV's) cubic convolution coefficient
 
 
@@ -218,16 +219,6 @@ def ap_max_f1(positive, cious, conf, iou_threshold=0.5, rule="exact") -> dict:
   return {"ap": ap, "max_f1": float(f1[best]), "max_f1_conf": at if np.isfinite(at) else 0.0}
 
 
-def _resample_counts(rng, n: int, num: int) -> np.ndarray:
-  """`[num, n]` float64: how often each pair is drawn in each resample of `n`
-  pairs with replacement (`rng.integers(0, n, (num, n))`, as
-  `protocol.summarize` draws)."""
-  idx = rng.integers(0, n, size=(num, n))
-  offsets = (np.arange(num, dtype=np.int64) * n)[:, None]
-  return np.bincount((idx + offsets).ravel(), minlength=num * n).reshape(num, n).astype(
-      np.float64)
-
-
 def _weighted_exact(positive, correct, conf, weights):
   """AP and max-F1 of the "exact" rule, `[B]` each, for `B` weightings
   `weights [B, n]` of the pairs (a resample's counts): every distinct
@@ -253,7 +244,7 @@ def _weighted_exact(positive, correct, conf, weights):
 def ap_max_f1_ci95(positive, cious, conf, iou_threshold=0.5, rule="exact",
                    n_bootstrap=1000, seed=0, block: int = 100) -> dict:
   """95% percentile-bootstrap intervals of `ap_max_f1`'s AP and max-F1:
-  `{"ap_ci95_lo", "ap_ci95_hi", "max_f1_ci95_lo", "max_f1_ci95_hi"}`, the
+  `AP_CI_KEYS` (`ap_ci95_lo` / `_hi`, `max_f1_ci95_lo` / `_hi`), the
   2.5 / 97.5 percentiles over `n_bootstrap` resamples of the pairs with
   replacement (seeded by `seed`; a pair is resampled on its own, so the two
   pairs of one image in test + test_offscreen are drawn independently).
@@ -266,15 +257,14 @@ def ap_max_f1_ci95(positive, cious, conf, iou_threshold=0.5, rule="exact",
     raise ValueError(f"unknown AP rule {rule!r}; available: {', '.join(AP_RULES)}")
   positive, correct, conf = _inputs(positive, cious, conf, iou_threshold)
   n = len(conf)
-  keys = ("ap_ci95_lo", "ap_ci95_hi", "max_f1_ci95_lo", "max_f1_ci95_hi")
   if n == 0 or n_bootstrap <= 0:
-    return dict.fromkeys(keys, 0.0)
+    return dict.fromkeys(AP_CI_KEYS, 0.0)
   rng = np.random.default_rng(seed)
   aps, f1s = [], []
   if rule == "exact":
     for start in range(0, n_bootstrap, block):
       ap, f1 = _weighted_exact(positive, correct.astype(np.float64), conf,
-                               _resample_counts(rng, n, min(block, n_bootstrap - start)))
+                               resample_counts(rng, n, min(block, n_bootstrap - start)))
       aps.append(ap)
       f1s.append(f1)
   else:
@@ -285,7 +275,7 @@ def ap_max_f1_ci95(positive, cious, conf, iou_threshold=0.5, rule="exact",
       f1s.append([s["max_f1"]])
   ap_lo, ap_hi = np.percentile(np.concatenate(aps), [2.5, 97.5])
   f1_lo, f1_hi = np.percentile(np.concatenate(f1s), [2.5, 97.5])
-  return dict(zip(keys, map(float, (ap_lo, ap_hi, f1_lo, f1_hi))))
+  return dict(zip(AP_CI_KEYS, map(float, (ap_lo, ap_hi, f1_lo, f1_hi))))
 
 
 def rate(flags) -> float:

@@ -321,19 +321,23 @@ def summarize(cious, success_threshold=0.5, n_bootstrap=1000, seed=0
       "n_bootstrap": int(max(n_bootstrap, 0)),
   }
   if n_bootstrap > 0:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_bootstrap, n))
-    # counts[b, i] = how often sample i is drawn in resample b.
-    offsets = (np.arange(n_bootstrap, dtype=np.int64) * n)[:, None]
-    counts = np.bincount((idx + offsets).ravel(),
-                         minlength=n_bootstrap * n).reshape(n_bootstrap, n)
-    counts = counts.astype(np.float64)
+    counts = resample_counts(np.random.default_rng(seed), n, n_bootstrap)
     boot_ciou = counts @ success.astype(np.float64) / n
     boot_curve = counts @ hits.astype(np.float64) / n  # [B, 21]
     boot_auc = _trapezoid(boot_curve, thresholds)
     out["ciou_ci95"] = [float(v) for v in np.percentile(boot_ciou, [2.5, 97.5])]
     out["auc_ci95"] = [float(v) for v in np.percentile(boot_auc, [2.5, 97.5])]
   return out
+
+
+def resample_counts(rng, n: int, num: int) -> np.ndarray:
+  """`[num, n]` float64: `counts[b, i]` is how often sample `i` is drawn in
+  resample `b` of `n` samples with replacement, the draws being
+  `rng.integers(0, n, (num, n))`."""
+  idx = rng.integers(0, n, size=(num, n))
+  offsets = (np.arange(num, dtype=np.int64) * n)[:, None]
+  return np.bincount((idx + offsets).ravel(), minlength=num * n).reshape(num, n).astype(
+      np.float64)
 
 
 def _score_block(resp, gt, protocol, size, threshold, order) -> np.ndarray:
