@@ -82,7 +82,8 @@ def parse_args(argv=None):
   p.add_argument("--visual_backbone", choices=("resnet18", "efficientnet_lite0"),
                  default="resnet18", help="config.model.visual_backbone")
   p.add_argument("--cpu_ops", choices=("auto", "plain", "cpu"), default="auto",
-                 help="config.model.cpu_ops (the ResNet-18s' max-pool and BatchNorm)")
+                 help="config.model.cpu_ops (the ResNet-18s' max-pool, BatchNorm and "
+                      "tiny-output convolutions)")
   p.add_argument("--depthwise_impl", choices=("auto", "shift", "grouped"), default="auto",
                  help="config.model.depthwise_impl (efficientnet_lite0)")
   p.add_argument("--visual_trunk", choices=("finetune", "frozen"), default="finetune",

@@ -189,20 +189,16 @@ SMALL_OUTPUT = 12  # output positions at or below which "cpu" convolves by im2co
 
 
 def conv_im2col(x, kernel, stride: int, pad: int):
-  """NHWC `x` convolved with HWIO `kernel` (`stride`, zero `pad` on each
-  side) as one matmul over the k*k shifted views: `lax.conv_general_dilated`'s
-  result to float rounding."""
-  kh, kw, cin, cout = kernel.shape
+  """NHWC `x` convolved with a square HWIO `kernel` (`stride`, zero `pad` on
+  each side) as one matmul over the k*k shifted views (`_views`):
+  `lax.conv_general_dilated`'s result to float rounding."""
+  k, _, cin, cout = kernel.shape
+  ho, wo = _out_hw(x.shape[1], x.shape[2], k, stride, pad)
   xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
-  n, hp, wp, _ = xp.shape
-  ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
-  views = [jax.lax.slice(xp, (0, ky, kx, 0),
-                         (n, ky + stride * (ho - 1) + 1, kx + stride * (wo - 1) + 1, cin),
-                         (1, stride, stride, 1))
-           for ky in range(kh) for kx in range(kw)]
+  views = _views(xp, k, stride, (ho, wo))
   cols = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
-  return (cols.reshape(-1, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)).reshape(
-      n, ho, wo, cout)
+  return (cols.reshape(-1, k * k * cin) @ kernel.reshape(k * k * cin, cout)).reshape(
+      x.shape[0], ho, wo, cout)
 
 
 class Conv(nnx.Conv):
@@ -219,9 +215,7 @@ class Conv(nnx.Conv):
     self.impl, self.stride, self.pad = impl, stride, pad if padding is None else 0
 
   def __call__(self, x):
-    k = self.kernel_size[0]
-    ho = (x.shape[1] + 2 * self.pad - k) // self.stride + 1
-    wo = (x.shape[2] + 2 * self.pad - k) // self.stride + 1
+    ho, wo = _out_hw(x.shape[1], x.shape[2], self.kernel_size[0], self.stride, self.pad)
     if (ho * wo > SMALL_OUTPUT or self.use_bias or x.dtype != jnp.float32
         or self.dtype not in (None, jnp.float32) or resolve(self.impl) != "cpu"):
       return super().__call__(x)
